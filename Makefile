@@ -1,0 +1,47 @@
+# Two commands do all the setup on a fresh machine:  make serve   and   make test
+# Configuration: python_backends/imem/config.py (IMEM_* variables); ports below.
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(VENV)/bin/pip
+# The Triton Python stub embeds the system libpython 3.11: the venv must come from that same Python.
+SYSTEM_PY   ?= /usr/bin/python3.11
+HTTP_PORT   ?= 8000
+GRPC_PORT   ?= 8001
+METRICS_PORT ?= 8002
+export HTTP_PORT GRPC_PORT METRICS_PORT
+
+.PHONY: serve test unit integration venv dev-model clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements/engine.txt requirements/service.txt pyproject.toml
+	@test -x $(SYSTEM_PY) || (apt-get update && apt-get install -y python3.11 python3.11-venv libpython3.11)
+	$(SYSTEM_PY) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install -r requirements/engine.txt
+	$(PIP) install -r requirements/service.txt
+	@# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside the CPU torch;
+	@# text generation never uses them. numpy<2 last: the Triton stub is built against NumPy 1.x.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PIP) install "numpy==1.26.4"
+	$(PIP) install --no-deps -e .
+	touch $@
+
+dev-model: venv
+	$(PY) -m imem.dev_model
+
+serve: venv dev-model
+	$(VENV)/bin/imem serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: venv dev-model
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+integration: venv dev-model
+	$(PY) -m pytest -ra tests/integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf .build

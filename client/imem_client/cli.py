@@ -1,0 +1,127 @@
+"""The `imem` command line: chat, memory operations, and `serve` (the Triton launch `make serve` uses)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from imem_client.client import Client, ServiceError, default_url
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help=f"grpc://host:port or http://host:port (default {default_url()}, "
+                                                     "from IMEM_URL)")
+    parser.add_argument("-c", "--conversation", required=True, help="conversation id")
+    parser.add_argument("--tenant", default="default")
+
+
+def cmd_chat(args) -> int:
+    client = Client(args.url)
+    sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
+    if args.json:
+        reply = client.chat(args.conversation, args.message, args.tenant, sampling, stream=not args.no_stream)
+        print(json.dumps(reply.to_json(), ensure_ascii=False))
+        return 0
+    for chunk in client.stream_chat(args.conversation, args.message, args.tenant, sampling, stream=not args.no_stream):
+        print(chunk.text, end="", flush=True)
+        if chunk.final:
+            print(f"\n[turn {chunk.turn}, prompt {chunk.prompt_tokens} tokens, "
+                  f"{len(chunk.recalled)} turn(s) recalled]", file=sys.stderr)
+    print()
+    return 0
+
+
+def cmd_memory(args) -> int:
+    client = Client(args.url)
+    if args.operation == "ingest":
+        source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        with source:
+            result = client.ingest(args.conversation, source.read(), args.tenant)
+    elif args.operation == "recall":
+        result = client.recall(args.conversation, args.query, args.tenant)
+        if not args.json:
+            print(f"prompt tokens: {result['prompt_tokens']}")
+            for item in result["recalled"]:
+                print(f"recalled turn {item['turn']} ({item['score']:.3f}) {item['role']}: {item['text']}")
+            for item in result["recent"]:
+                print(f"recent   turn {item['turn']} {item['role']}: {item['text']}")
+            return 0
+    elif args.operation == "export":
+        result = client.export(args.conversation, args.tenant)
+    else:
+        result = client.delete(args.conversation, args.tenant)
+    print(json.dumps(result, ensure_ascii=False, indent=None if args.operation == "export" else 2))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from imem_client.server import TritonServer
+
+    server = TritonServer(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                          host=args.host)
+    data_dir = os.environ.get("IMEM_DATA_DIR", str(Path.cwd() / "data"))
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait_ready(timeout=600)
+        print(f"\nInfinite Memory Inference is ready.\n"
+              f"  gRPC     {args.host}:{args.grpc_port}   (imem chat --url grpc://localhost:{args.grpc_port} ...)\n"
+              f"  HTTP     http://{args.host}:{args.http_port}/v2/models/chat/generate_stream\n"
+              f"  metrics  http://{args.host}:{args.metrics_port}/metrics\n"
+              f"  memory   {os.environ.get('QDRANT_URL') or data_dir}\n"
+              f"Ctrl-C stops it.", flush=True)
+        return server.process.wait()
+    except KeyboardInterrupt:
+        print("\nstopping Triton ...", flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imem", description="Infinite Memory Inference: chat that remembers")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat = commands.add_parser("chat", help="send a message; prints the reply as it streams")
+    _connection(chat)
+    chat.add_argument("--json", action="store_true", help="print one JSON object with the reply and its memory")
+    chat.add_argument("--no-stream", action="store_true", help="ask for the whole reply at once")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("message")
+    chat.set_defaults(run=cmd_chat)
+
+    memory = commands.add_parser("memory", help="direct memory operations")
+    operations = memory.add_subparsers(dest="operation", required=True)
+    ingest = operations.add_parser("ingest", help="import history: JSON lines of role/speaker, text, timestamp")
+    _connection(ingest)
+    ingest.add_argument("file", help="JSON-lines file, or - for standard input")
+    recall = operations.add_parser("recall", help="what memory would put in the prompt for QUERY (no generation)")
+    _connection(recall)
+    recall.add_argument("--json", action="store_true")
+    recall.add_argument("query")
+    for name, text in (("export", "print every turn as JSON"), ("delete", "delete the conversation")):
+        _connection(operations.add_parser(name, help=text))
+    memory.set_defaults(run=cmd_memory)
+
+    serve = commands.add_parser("serve", help="run tritonserver on the model repository (foreground)")
+    serve.add_argument("--host", default=os.environ.get("IMEM_HOST", "0.0.0.0"))
+    serve.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
+    serve.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
+    serve.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    serve.set_defaults(run=cmd_serve)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ServiceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

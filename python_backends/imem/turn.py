@@ -1,0 +1,61 @@
+"""A turn: one message of a conversation, the unit that memory stores and recalls."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+# Fixed namespace so that the same (tenant, conversation, turn) always maps to the same point id:
+# a retried commit overwrites instead of duplicating.
+_POINT_NAMESPACE = uuid.UUID("6f1d3b52-5a0e-4f5e-9a51-3c2b9f0e7d11")
+
+
+@dataclass(frozen=True)
+class Turn:
+    tenant: str
+    conversation_id: str
+    turn: int  # 1-based position in the conversation; every stored message is one turn
+    role: str  # "user", "assistant", or a speaker's name for ingested history
+    text: str
+    timestamp: str = ""  # when it was said, as given (ISO-8601 or a session date); may be empty
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self.tenant, self.conversation_id, self.turn)
+
+    def payload(self) -> dict:
+        return {
+            "tenant": self.tenant,
+            "conversation_id": self.conversation_id,
+            "turn": self.turn,
+            "role": self.role,
+            "text": self.text,
+            "timestamp": self.timestamp,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "Turn":
+        return cls(
+            tenant=payload["tenant"],
+            conversation_id=payload["conversation_id"],
+            turn=int(payload["turn"]),
+            role=payload["role"],
+            text=payload["text"],
+            timestamp=payload.get("timestamp") or "",
+            metadata=payload.get("metadata") or {},
+        )
+
+    def to_json(self) -> dict:
+        return self.payload()
+
+
+@dataclass(frozen=True)
+class ScoredTurn:
+    turn: Turn
+    score: float
+
+
+def point_id(tenant: str, conversation_id: str, turn: int) -> str:
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{tenant}\x1f{conversation_id}\x1f{turn}"))

@@ -1,0 +1,26 @@
+"""Memory outlives the server: a graceful restart keeps it, and a SIGKILL loses no acknowledged turn.
+(Named to run last: it restarts the shared server.)"""
+
+FACT = "The spare key is hidden under the blue flowerpot by the back door."
+
+
+def test_memory_survives_a_restart(service):
+    client = service.client()
+    client.chat("restart-1", FACT, sampling={"max_tokens": 4})
+    client.close()
+    service.restart()
+    client = service.client()
+    recall = client.recall("restart-1", "Where is the spare key hidden?")
+    assert any(t["text"] == FACT for t in recall["recalled"] + recall["recent"])
+
+
+def test_a_killed_server_keeps_every_acknowledged_turn(service):
+    client = service.client()
+    acknowledged = [client.chat("crash-1", f"Note number {i}: buy {i} apples.", sampling={"max_tokens": 4})
+                    for i in range(10)]
+    client.close()
+    service.restart(kill=True)
+    client = service.client()
+    stored = client.export("crash-1")["turns"]
+    assert len(stored) == 20
+    assert [t["text"] for t in stored if t["role"] == "assistant"] == [a.text for a in acknowledged]
