@@ -42,11 +42,13 @@ def build_backend_directory(build_dir: Path) -> Path:
     python_backend = backends / "python"
     python_backend.mkdir(parents=True, exist_ok=True)
     source = pytriton_dir / "tritonserver" / "backends" / "python"
-    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy2(source / name, python_backend / name)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = pytriton_dir / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
-    shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    for path in (source / "libtriton_python.so", source / "triton_python_backend_utils.py", stub):
+        # Copy then rename: a stub still exiting from a killed server keeps the old file busy.
+        partial = python_backend / f".{path.name}.partial"
+        shutil.copy2(path, partial)
+        os.replace(partial, python_backend / path.name)
     for name in OUR_BACKENDS:
         link = backends / name
         if link.is_symlink() or link.exists():

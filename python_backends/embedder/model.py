@@ -19,7 +19,7 @@ class TritonPythonModel:
                 batch = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array]
             except UnicodeDecodeError as error:
                 responses[index] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"'text' is not valid UTF-8 (byte {error.start})"))
+                    error=pb_utils.TritonError(f"the message to embed is not valid UTF-8 (byte {error.start})"))
                 batch = []
             texts.extend(batch)
             sizes.append(len(batch))

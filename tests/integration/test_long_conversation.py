@@ -32,6 +32,10 @@ def test_a_fact_from_turn_2_is_recalled_at_turn_60_with_a_flat_prompt(client):
     recalled_turns = {r["turn"]: r for r in replies[60].recalled}
     assert fact_turn in recalled_turns, f"turn {fact_turn} not recalled: {replies[60].recalled}"
     assert recalled_turns[fact_turn]["text"] == FACT
-    # Similar-length messages: the prompt at exchange 59 costs no more than 10% over exchange 10.
-    assert replies[59].prompt_tokens <= 1.10 * replies[10].prompt_tokens, (replies[10].prompt_tokens,
+    # Similar-length messages: the last exchange costs no more than 10% over exchange 10 ...
+    assert replies[60].prompt_tokens <= 1.10 * replies[10].prompt_tokens, (replies[10].prompt_tokens,
+                                                                            replies[60].prompt_tokens)
+    # ... and once memory offers a full set of similar turns (k of them), cost stops growing with history.
+    assert len(replies[30].recalled) == len(replies[59].recalled) == load().memory.top_k
+    assert replies[59].prompt_tokens <= 1.10 * replies[30].prompt_tokens, (replies[30].prompt_tokens,
                                                                             replies[59].prompt_tokens)
