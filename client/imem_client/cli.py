@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from imem_client.bench import BENCHMARKS
 from imem_client.client import Client, ServiceError, default_url
 
 
@@ -82,6 +83,12 @@ def cmd_serve(args) -> int:
         server.stop()
 
 
+def cmd_bench(args) -> int:
+    from imem_client.bench import run
+
+    return run(args.name, args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imem", description="Infinite Memory Inference: chat that remembers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     serve.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
     serve.set_defaults(run=cmd_serve)
+
+    bench = commands.add_parser("bench", help="benchmarks (each prints a table and writes JSON)", add_help=False)
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=cmd_bench)
 
     args = parser.parse_args(argv)
     try:
