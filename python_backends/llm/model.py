@@ -19,6 +19,22 @@ from imem.generation import GenerationRequest  # noqa: E402
 from imem.tensors import BadRequest, bytes_tensor, int_tensor  # noqa: E402
 
 
+class LlmMetrics:
+    """Prometheus metrics through Triton's metric API (served on Triton's metrics port)."""
+
+    def __init__(self):
+        self.families = []  # a family must outlive its metrics
+
+        def family(name, description, kind):
+            self.families.append(pb_utils.MetricFamily(name=name, description=description, kind=kind))
+            return self.families[-1].Metric(labels={})
+
+        self.running = family("imem_llm_requests_running", "Generations in progress", pb_utils.MetricFamily.GAUGE)
+        self.cancelled = family("imem_llm_requests_cancelled_total", "Generations aborted because the client "
+                                "cancelled", pb_utils.MetricFamily.COUNTER)
+        self.tokens = family("imem_llm_generated_tokens_total", "Tokens generated", pb_utils.MetricFamily.COUNTER)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         from vllm import AsyncEngineArgs
@@ -28,6 +44,7 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_args()))
         self.bos = self.engine.tokenizer.bos_token if self.engine.tokenizer is not None else None
+        self.metrics = LlmMetrics()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="llm-loop", daemon=True)
         self.thread.start()
@@ -46,43 +63,53 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=final_flag)
             return
         try:
-            await self._generate(request.request_id() or "", generation, sender)
+            await self._generate(request, generation, sender)
         except Exception as error:  # a failed generation must still close the client's stream
             self.logger.log_error(f"generation failed: {error!r}")
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"generation failed: {error}")),
                         flags=final_flag)
 
-    async def _generate(self, triton_id: str, generation: GenerationRequest, sender):
+    async def _generate(self, request, generation: GenerationRequest, sender):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        request_id = f"{triton_id}-{id(generation)}"
-        kind = RequestOutputKind.DELTA if generation.stream else RequestOutputKind.FINAL_ONLY
-        params = SamplingParams(**generation.sampling, output_kind=kind)
+        request_id = f"{request.request_id() or ''}-{id(generation)}"
+        # Deltas even when the client wants one response: every token is a chance to notice cancellation.
+        params = SamplingParams(**generation.sampling, output_kind=RequestOutputKind.DELTA)
         # A prompt rendered with the chat template already starts with BOS: don't add a second one.
         add_special = not (self.bos and generation.prompt.startswith(self.bos))
         completion, completion_tokens = [], 0
-        async for output in self.engine.generate(
-            generation.prompt, params, request_id, tokenization_kwargs={"add_special_tokens": add_special},
-        ):
-            if sender.is_cancelled():
-                await self.engine.abort(request_id)
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                return
-            piece = output.outputs[0]
-            completion.append(piece.text)
-            completion_tokens += len(piece.token_ids)
-            text = piece.text
-            if not generation.stream and not generation.exclude_input:
-                text = generation.prompt + text
-            if not text and not output.finished:
-                continue
-            finish_reason = (piece.finish_reason or "stop") if output.finished else ""
-            sender.send(
-                self._response(generation, text, finish_reason, len(output.prompt_token_ids or []),
-                               completion_tokens, "".join(completion) if output.finished else ""),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0,
-            )
+        self.metrics.running.increment(1)
+        try:
+            async for output in self.engine.generate(
+                generation.prompt, params, request_id, tokenization_kwargs={"add_special_tokens": add_special},
+            ):
+                # Triton 2.51 reports a cancelled gRPC stream on the request, not always on the sender.
+                if request.is_cancelled() or sender.is_cancelled():
+                    await self.engine.abort(request_id)
+                    self.metrics.cancelled.increment(1)
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    return
+                piece = output.outputs[0]
+                completion.append(piece.text)
+                completion_tokens += len(piece.token_ids)
+                self.metrics.tokens.increment(len(piece.token_ids))
+                if generation.stream:
+                    text = piece.text
+                elif output.finished:
+                    text = ("" if generation.exclude_input else generation.prompt) + "".join(completion)
+                else:
+                    continue
+                if not text and not output.finished:
+                    continue
+                finish_reason = (piece.finish_reason or "stop") if output.finished else ""
+                sender.send(
+                    self._response(generation, text, finish_reason, len(output.prompt_token_ids or []),
+                                   completion_tokens, "".join(completion) if output.finished else ""),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if output.finished else 0,
+                )
+        finally:
+            self.metrics.running.increment(-1)
 
     def _response(self, generation, text, finish_reason, prompt_tokens, completion_tokens, completion):
         outputs = [
