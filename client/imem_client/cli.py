@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,20 +68,62 @@ def cmd_serve(args) -> int:
     data_dir = os.environ.get("IMEM_DATA_DIR", str(Path.cwd() / "data"))
     server.start()
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    gateway = None
     try:
         server.wait_ready(timeout=600)
+        gateway = _start_gateway(args) if args.gateway else None
         print(f"\nInfinite Memory Inference is ready.\n"
               f"  gRPC     {args.host}:{args.grpc_port}   (imem chat --url grpc://localhost:{args.grpc_port} ...)\n"
               f"  HTTP     http://{args.host}:{args.http_port}/v2/models/chat/generate_stream\n"
               f"  metrics  http://{args.host}:{args.metrics_port}/metrics\n"
               f"  memory   {os.environ.get('QDRANT_URL') or data_dir}\n"
-              f"Ctrl-C stops it.", flush=True)
+              + (f"  OpenAI   http://{args.host}:{args.gateway_port}/v1   (the gateway)\n" if gateway else "")
+              + "Ctrl-C stops it.", flush=True)
         return server.process.wait()
     except KeyboardInterrupt:
         print("\nstopping Triton ...", flush=True)
         return 0
     finally:
+        _stop_gateway(gateway)
         server.stop()
+
+
+def cmd_gateway(args) -> int:
+    from imem_gateway.keys import KeyConfigError, add_to_file
+    from imem_gateway.launch import run
+    from imem_gateway.settings import Settings
+
+    if args.new_key:
+        if not args.keys_file:
+            print("error: --new-key needs --keys-file (or IMEM_API_KEYS_FILE)", file=sys.stderr)
+            return 2
+        try:
+            key = add_to_file(Path(args.keys_file), args.new_key)
+        except KeyConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"new key for tenant {args.new_key!r} (only its SHA-256 is stored in {args.keys_file}):\n{key}")
+        return 0
+    settings = Settings()
+    settings.host, settings.port, settings.api_keys_file = args.host, args.port, args.keys_file
+    settings.triton_url = args.url or settings.triton_url
+    return run(settings)
+
+
+def _start_gateway(args):
+    """`imem serve --gateway`: the gateway as a child process, pointed at this Triton's gRPC port."""
+    return subprocess.Popen([sys.executable, "-m", "imem_client.cli", "gateway", "--port", str(args.gateway_port),
+                             "--url", f"grpc://127.0.0.1:{args.grpc_port}"])
+
+
+def _stop_gateway(gateway) -> None:
+    if gateway is None:
+        return
+    gateway.terminate()  # before Triton, so it stops taking requests first
+    try:
+        gateway.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
 
 
 def cmd_bench(args) -> int:
@@ -120,7 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
     serve.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     serve.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
+    serve.add_argument("--gateway", action="store_true", help="also run the OpenAI-compatible gateway")
+    serve.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8080)))
     serve.set_defaults(run=cmd_serve)
+
+    gateway = commands.add_parser("gateway", help="run the OpenAI-compatible HTTP gateway in front of Triton")
+    gateway.add_argument("--url", default=None, help="Triton's gRPC address, grpc://host:port (default IMEM_URL, "
+                                                     "else grpc://localhost:GRPC_PORT)")
+    gateway.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "0.0.0.0"))
+    gateway.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8080)))
+    gateway.add_argument("--keys-file", default=os.environ.get("IMEM_API_KEYS_FILE", ""),
+                         help="JSON file of hashed API keys (default IMEM_API_KEYS_FILE)")
+    gateway.add_argument("--new-key", metavar="TENANT", help="create an API key for TENANT in --keys-file and exit")
+    gateway.set_defaults(run=cmd_gateway)
 
     bench = commands.add_parser("bench", help="benchmarks (each prints a table and writes JSON)", add_help=False)
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))

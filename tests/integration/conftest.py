@@ -1,8 +1,12 @@
 """One real tritonserver (embedder, memory, vLLM, chat ensemble) shared by every integration test.
 vLLM needs ~30 s to start on CPU, so the server is started once per session."""
 
+import os
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +75,75 @@ def http_client(service):
     c = service.client("http")
     yield c
     c.close()
+
+
+class RunningGateway:
+    """`imem gateway` as a subprocess against the shared Triton, with one API key per role in the tests."""
+
+    KEYS = {  # name: (tenant, requests per minute, tokens per minute)
+        "acme": ("acme", 0, 0),
+        "globex": ("globex", 0, 0),
+        "limited": ("acme", 2, 0),
+        "fuzz": ("fuzz", 0, 0),
+    }
+
+    def __init__(self, service: RunningService, workdir: Path):
+        import json
+
+        from imem_gateway.keys import digest
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.keys = {name: f"imem-test-{name}-key" for name in self.KEYS}
+        keys_file = workdir / "keys.json"
+        keys_file.write_text(json.dumps({"keys": [
+            {"sha256": digest(self.keys[name]), "tenant": tenant, "name": name, "requests_per_minute": rpm,
+             "tokens_per_minute": tpm} for name, (tenant, rpm, tpm) in self.KEYS.items()]}))
+        self.keys["env"] = "imem-test-env-key"  # the IMEM_API_KEYS form, for tenant "envtenant"
+        self.log_path = workdir / "gateway.log"
+        self.command = [sys.executable, "-m", "imem_client.cli", "gateway", "--url", service.grpc_url,
+                        "--host", "127.0.0.1", "--port", str(self.port), "--keys-file", str(keys_file)]
+        self.env = {**os.environ, "IMEM_API_KEYS": f"{self.keys['env']}=envtenant"}
+        self.process = None
+
+    def start(self) -> None:
+        import urllib.request
+
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the gateway exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"the gateway did not become healthy: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def openai(self, key: str = "acme", **options):
+        import openai
+
+        options.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.keys.get(key, key), **options)
+
+
+@pytest.fixture(scope="session")
+def gateway(service):
+    running = RunningGateway(service, Path(tempfile.mkdtemp(prefix="imem-gw-")))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
