@@ -31,8 +31,10 @@ $(VENV)/.installed: requirements/engine.txt requirements/service.txt pyproject.t
 dev-model: venv
 	$(PY) -m imem.dev_model
 
+# The OpenAI-compatible gateway starts with Triton (port GATEWAY_PORT, default 8080); GATEWAY=0 leaves it out.
 serve: venv dev-model
-	$(VENV)/bin/imem serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(VENV)/bin/imem serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		$(if $(filter 0 no false,$(GATEWAY)),,--gateway)
 
 test: venv dev-model
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

@@ -32,12 +32,16 @@ def validation_error(errors: list[dict]) -> ApiError:
     kind, param = error.get("type", ""), param_name(error.get("loc", ()))
     if kind == "json_invalid":
         return bad_request(f"the body is not valid JSON: {error.get('ctx', {}).get('error', '')}".rstrip(": "))
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden":  # the last loc item is the unknown key itself, whatever it looks like
+        loc = tuple(error.get("loc", ()))
+        parent, key = param_name(loc[:-1]), str(loc[-1]) if loc else ""
+        param = f"{parent}.{key}" if parent else key
         return bad_request(f"'{param}' is not supported by this server", param, code="unsupported_parameter")
     if kind == "missing":
         if param is None:
             return bad_request("the request body must be a JSON object")
         return bad_request(f"'{param}' is required", param, code="missing_required_parameter")
     if param is None:
-        return bad_request(f"the request body is not valid: {error.get('msg', '')}")
+        return bad_request("the request body must be a JSON object (Content-Type: application/json): "
+                           f"{error.get('msg', '')}")
     return bad_request(f"invalid '{param}': {error.get('msg', 'not valid')}", param, code="invalid_value")

@@ -79,6 +79,8 @@ def errors_of(body):
     ({"model": "m", "messages": [user("hi")], "response_format": {"type": "json_object"}}, "response_format",
      "unsupported_parameter"),
     ({"messages": [user("hi")]}, "model", "missing_required_parameter"),
+    ({"model": "m", "messages": [user("hi")], "stream_options": {"Odd Key": 1}}, "stream_options.Odd Key",
+     "unsupported_parameter"),
     ({"model": "m", "messages": []}, "messages", "invalid_value"),
     ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "invalid_value"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
