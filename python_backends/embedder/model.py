@@ -6,9 +6,15 @@ import triton_python_backend_utils as pb_utils
 from imem.config import load
 from imem.embedding import Embedder
 
+
 class TritonPythonModel:
     def initialize(self, args):
-        self.embedder = Embedder(load().embedder)
+        config = load().embedder
+        if config.threads > 0:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        self.embedder = Embedder(config)
 
     def execute(self, requests):
         # Dynamic batching hands us several requests: embed them in one call.

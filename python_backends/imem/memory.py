@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from imem.backfill import VectorBackfill
 from imem.config import MemoryConfig
 from imem.prompt import PackedPrompt, PromptPacker, PromptTooLong
 from imem.store import TurnStore
@@ -56,10 +57,13 @@ def now() -> str:
 
 
 class Memory:
-    def __init__(self, config: MemoryConfig, store: TurnStore, tokenizer, embed: Embed):
+    def __init__(self, config: MemoryConfig, store: TurnStore, tokenizer, embed: Embed,
+                 backfill: VectorBackfill | None = None):
         self.config = config
         self.store = store
         self.embed = embed
+        # Sets replies' dense vectors in the background (commit); None embeds them before commit returns.
+        self.backfill = backfill
         self.tokenizer = tokenizer
         self.packer = PromptPacker(tokenizer, config.prompt_budget)
 
@@ -113,13 +117,21 @@ class Memory:
 
     def commit(self, tenant: str, conversation_id: str, user_text: str, user_vector: np.ndarray,
                assistant_text: str) -> tuple[Turn, Turn]:
-        """Stores the finished exchange. Durable when it returns: only then is the reply acknowledged."""
+        """Stores the finished exchange. Durable when it returns: only then is the reply acknowledged.
+
+        The user turn's vector is the query vector recall already has. With a backfill, the reply is
+        stored without its dense vector and embedded in the background, off the client's path (the
+        backfill re-embeds any reply a crash left without one); it is exported and offered as a recent
+        turn at once, and found by similarity moments later."""
         last = self.store.last_turn(tenant, conversation_id)
         at = now()
         user = Turn(tenant, conversation_id, last + 1, "user", user_text, at)
         assistant = Turn(tenant, conversation_id, last + 2, "assistant", assistant_text, at)
-        assistant_vector = self.embed([assistant_text or " "])[0]
-        self.store.append([user, assistant], np.stack([user_vector, assistant_vector]))
+        if self.backfill is None:
+            self.store.append([user, assistant], np.stack([user_vector, self.embed([assistant_text or " "])[0]]))
+        else:
+            self.store.append([user, assistant], [user_vector, None])
+            self.backfill.submit([assistant])
         return user, assistant
 
     # ---- direct operations ------------------------------------------------------------------------

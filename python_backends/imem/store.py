@@ -42,14 +42,29 @@ def _by_turn(payloads: Iterable[dict]) -> list[Turn]:
     return sorted((Turn.from_payload(p) for p in payloads), key=lambda t: t.turn)
 
 
+def _vectors(dense: np.ndarray | None, sparse) -> dict:
+    """A point's named vectors; without "dense" when its dense vector is still to come (set_vector)."""
+    return {SPARSE: sparse} if dense is None else {DENSE: dense.tolist(), SPARSE: sparse}
+
+
 class TurnStore(ABC):
     """Turns of conversations; tenant and conversation_id scope every call."""
 
     dim: int
 
     @abstractmethod
-    def append(self, turns: Sequence[Turn], dense: np.ndarray) -> None:
-        """Upserts turns by point id (a retry overwrites); durable when it returns."""
+    def append(self, turns: Sequence[Turn], dense: np.ndarray | Sequence[np.ndarray | None]) -> None:
+        """Upserts turns by point id (a retry overwrites); durable when it returns. A None row stores its
+        turn without a dense vector (searchable by BM25 and order, not by similarity) until set_vector()."""
+
+    @abstractmethod
+    def set_vector(self, turn: Turn, dense: np.ndarray) -> bool:
+        """Sets the dense vector of a stored turn, provided it still holds `turn.text` (so a vector never
+        lands on a turn it was not computed from). False when the turn is no longer stored."""
+
+    @abstractmethod
+    def missing_vectors(self, limit: int) -> list[Turn]:
+        """Up to `limit` stored turns, of any conversation, that have no dense vector yet."""
 
     @abstractmethod
     def similar(self, tenant: str, conversation_id: str, dense: np.ndarray, limit: int,
@@ -95,7 +110,11 @@ class TurnStore(ABC):
                  start_from: int | None = None) -> list[Turn]:
         """Up to `limit` turns read in turn order (order_by on the indexed `turn`), returned oldest first."""
 
-    def _checked(self, turns: Sequence[Turn], dense: np.ndarray) -> np.ndarray:
+    def _checked(self, turns: Sequence[Turn], dense) -> list[np.ndarray | None] | np.ndarray:
+        if any(v is None for v in dense):  # some turns stored without a dense vector (see append)
+            if len(dense) != len(turns):
+                raise ValueError(f"expected {len(turns)} dense vectors (or None), got {len(dense)}")
+            return [None if v is None else self._checked([t], [v])[0] for t, v in zip(turns, dense)]
         dense = np.asarray(dense, dtype=np.float32)
         if dense.shape != (len(turns), self.dim):
             raise ValueError(f"expected {len(turns)} x {self.dim} dense vectors, got {dense.shape}")
@@ -154,9 +173,26 @@ class EdgeTurnStore(TurnStore):
         if not turns:
             return
         dense = self._checked(turns, dense)
-        points = [edge.Point(t.point_id, {DENSE: v.tolist(), SPARSE: bm25().embed_document(t.text)}, t.payload())
+        points = [edge.Point(t.point_id, _vectors(v, bm25().embed_document(t.text)), t.payload())
                   for t, v in zip(turns, dense)]
         self.shard.update(edge.UpdateOperation.upsert_points(points))  # returns once the operation is in the WAL
+
+    def set_vector(self, turn, dense):
+        vector = self._checked([turn], [dense])[0]
+        same_text = edge.Filter(must=[edge.FieldCondition(key="text", match=edge.MatchValue(turn.text))])
+        try:
+            self.shard.update(edge.UpdateOperation.update_vectors(
+                [edge.PointVectors(turn.point_id, {DENSE: vector.tolist()})], same_text))
+        except Exception:
+            if not self.shard.retrieve([turn.point_id], False, False):
+                return False  # deleted meanwhile
+            raise
+        return True
+
+    def missing_vectors(self, limit):
+        records, _ = self.shard.scroll(edge.ScrollRequest(
+            limit=limit, filter=edge.Filter(must_not=[edge.HasVectorCondition(DENSE)]), with_payload=True))
+        return _by_turn(r.payload for r in records)
 
     def similar(self, tenant, conversation_id, dense, limit, threshold=0.0):
         hits = self.shard.query(edge.QueryRequest(
@@ -243,9 +279,28 @@ class ServerTurnStore(TurnStore):
             return
         dense = self._checked(turns, dense)
         points = [models.PointStruct(id=t.point_id, payload=t.payload(),
-                                     vector={DENSE: v.tolist(), SPARSE: self._sparse(bm25().embed_document(t.text))})
+                                     vector=_vectors(v, self._sparse(bm25().embed_document(t.text))))
                   for t, v in zip(turns, dense)]
         self.client.upsert(self.collection, points, wait=True)
+
+    def set_vector(self, turn, dense):
+        vector = self._checked([turn], [dense])[0]
+        same_text = models.Filter(must=[models.FieldCondition(key="text", match=models.MatchValue(value=turn.text))])
+        try:
+            self.client.update_vectors(self.collection, [models.PointVectors(id=turn.point_id,
+                                                                            vector={DENSE: vector.tolist()})],
+                                       update_filter=same_text, wait=True)
+        except Exception:
+            if not self.client.retrieve(self.collection, [turn.point_id], with_payload=False, with_vectors=False):
+                return False  # deleted meanwhile
+            raise
+        return True
+
+    def missing_vectors(self, limit):
+        records, _ = self.client.scroll(
+            self.collection, limit=limit, with_payload=True,
+            scroll_filter=models.Filter(must_not=[models.HasVectorCondition(has_vector=DENSE)]))
+        return _by_turn(r.payload for r in records)
 
     def similar(self, tenant, conversation_id, dense, limit, threshold=0.0):
         hits = self.client.query_points(

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from imem.backfill import VectorBackfill
 from imem.config import load
 from imem.memory import Memory, decode_handle, encode_handle
 from imem.store import open_store
@@ -27,7 +28,10 @@ class TritonPythonModel:
         config = load()
         tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
         self.store = open_store(config.memory, dim=config.embedder.dim)
-        self.memory = Memory(config.memory, self.store, tokenizer, self._embed)
+        # Replies are embedded off the client's path; on start it also embeds any reply that a crash left
+        # stored without its vector (retrying until the embedder model is up).
+        self.backfill = VectorBackfill(self.store, self._embed, log=pb_utils.Logger.log_warn)
+        self.memory = Memory(config.memory, self.store, tokenizer, self._embed, self.backfill)
         self.limits = config.memory
 
     def execute(self, requests):
@@ -118,4 +122,6 @@ class TritonPythonModel:
         return np.concatenate(vectors) if vectors else np.zeros((0, 384), dtype=np.float32)
 
     def finalize(self):
+        # What is not embedded by now stays stored without its vector and is embedded on the next start.
+        self.backfill.close(timeout=10)
         self.store.close()
