@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model clean
+.PHONY: serve test unit integration venv dev-model clean loadtest
 
 venv: $(VENV)/.installed
 
@@ -47,3 +47,12 @@ integration: venv dev-model
 
 clean:
 	rm -rf .build
+
+# Load test of a running server (make serve): Locust users holding multi-turn conversations over gRPC
+# streaming and HTTP SSE; CSV, HTML report and summary under results/loadtest/<time>/. The server's URLs
+# come from IMEM_URL / IMEM_HTTP_URL, else localhost:GRPC_PORT / HTTP_PORT.
+USERS       ?= 8
+DURATION    ?= 60s
+PROTOCOL    ?= both
+loadtest: venv
+	$(VENV)/bin/imem bench loadtest --users $(USERS) --duration $(DURATION) --protocol $(PROTOCOL)

@@ -82,6 +82,8 @@ class TritonServer:
     log_path: Path | None = None
     admin_key: str = ""
     process: subprocess.Popen | None = None
+    # Another repository of the same models (e.g. a benchmark's variant of one config); default ours.
+    model_repository: Path = MODEL_REPOSITORY
 
     def command(self) -> list[str]:
         build_dir = REPO_ROOT / ".build"
@@ -90,7 +92,7 @@ class TritonServer:
         admin = self.admin_key or os.environ.get("IMEM_ADMIN_KEY", "") or os.urandom(16).hex()
         cmd = [
             str(binary),
-            f"--model-repository={MODEL_REPOSITORY}",
+            f"--model-repository={self.model_repository}",
             f"--backend-directory={backends}",
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",

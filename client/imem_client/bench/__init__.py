@@ -9,6 +9,7 @@ BENCHMARKS = {
     "scale": "recall latency and ingest rate as the store grows",
     "prompt-cost": "prompt tokens versus conversation length, next to the full history",
     "embedder": "embedder throughput through Triton versus sentence-transformers in-process",
+    "loadtest": "a headless Locust run of loadtest/locustfile.py, summarised (make loadtest)",
 }
 
 
