@@ -77,7 +77,8 @@ def cmd_serve(args) -> int:
               f"  HTTP     http://{args.host}:{args.http_port}/v2/models/chat/generate_stream\n"
               f"  metrics  http://{args.host}:{args.metrics_port}/metrics\n"
               f"  memory   {os.environ.get('QDRANT_URL') or data_dir}\n"
-              + (f"  OpenAI   http://{args.host}:{args.gateway_port}/v1   (the gateway)\n" if gateway else "")
+              + (f"  OpenAI   http://{os.environ.get('GATEWAY_HOST', '0.0.0.0')}:{args.gateway_port}/v1   (gateway)\n"
+                 if gateway else "")
               + "Ctrl-C stops it.", flush=True)
         return server.process.wait()
     except KeyboardInterrupt:

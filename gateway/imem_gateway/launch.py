@@ -21,6 +21,8 @@ def key_ring(settings: Settings) -> KeyRing:
 
 
 def run(settings: Settings) -> int:
+    import logging
+
     import uvicorn
 
     from imem_gateway.app import create_app
@@ -34,6 +36,7 @@ def run(settings: Settings) -> int:
     tenants = sorted({key.tenant for key in ring.by_digest.values()})
     print(f"OpenAI-compatible gateway on http://{settings.host}:{settings.port}/v1 -> Triton {settings.triton_url}; "
           f"{len(ring)} key(s), tenant(s) {', '.join(tenants)}", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(create_app(settings, ring), host=settings.host, port=settings.port, log_level="info",
                 timeout_graceful_shutdown=10)
     return 0

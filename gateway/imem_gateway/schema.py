@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 INT64 = 2**63 - 1
 # Accepted and ignored: they change nothing about the reply (bookkeeping, or tools we never call).
-IGNORED_FIELDS = ("metadata", "store", "service_tier", "parallel_tool_calls")
+IGNORED_FIELDS = ("metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier", "prompt_cache_key")
 
 
 class Strict(BaseModel):
@@ -53,3 +53,5 @@ class ChatCompletionRequest(Strict):
     store: bool | None = None
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None

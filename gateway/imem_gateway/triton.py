@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -19,6 +20,7 @@ from imem_gateway.errors import ApiError, bad_request, not_found, upstream
 
 # Our backends prefix their own failures this way; any other error a model returns is a rejected request.
 SERVER_FAILURES = ("generation failed", "memory failed", "embedder failed", "embedder:")
+log = logging.getLogger("imem.gateway")
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
@@ -69,7 +71,7 @@ def model_error(message: str) -> ApiError:
         return upstream(502, f"the model server failed: {text}")
     if "unknown conversation" in text:
         return not_found(text, code="conversation_not_found")
-    if "not ready" in text or "unavailable" in text.lower():
+    if "not ready" in text or "unavailable" in text.lower() or "unknown model" in text:  # models not loaded
         return upstream(503, f"the model server is not ready: {text}")
     param = "messages" if "'message'" in text else None
     return bad_request(text, param)
@@ -102,9 +104,10 @@ class Triton:
     async def chat(self, fields: dict) -> AsyncIterator[Reply]:
         """Streams the ensemble's responses; stops after the one that carries the finish reason."""
         finished = asyncio.Event()
+        request_id = uuid.uuid4().hex
 
         async def requests():
-            yield {"model_name": "chat", "inputs": _inputs(fields), "request_id": uuid.uuid4().hex}
+            yield {"model_name": "chat", "inputs": _inputs(fields), "request_id": request_id}
             # Keep our side of the stream open until the final response: the request is over then.
             await finished.wait()
 
@@ -112,10 +115,13 @@ class Triton:
         try:
             async for result, error in call:
                 if error is not None:
+                    finished.set()  # Triton ended the request itself
                     raise model_error(error.message())
                 reply = _reply(result)
-                yield reply
                 if reply.finish_reason:
+                    finished.set()
+                yield reply
+                if finished.is_set():
                     return
             raise upstream(502, "the model server ended the stream without a final response")
         except ApiError:
@@ -123,6 +129,8 @@ class Triton:
         except Exception as error:
             raise rpc_error(error) from None
         finally:
+            if not finished.is_set():
+                log.info("request %s ended before its final response: cancelling it in Triton", request_id)
             finished.set()
             # Cancelling after the final response is a no-op; before it (client gone), Triton aborts generation.
             call.cancel()

@@ -4,8 +4,9 @@ import pytest
 from pydantic import ValidationError
 
 from imem_gateway.errors import ApiError
-from imem_gateway.schema import ChatCompletionRequest
+from imem_gateway.schema import IGNORED_FIELDS, ChatCompletionRequest
 from imem_gateway.translate import conversation_id, to_turn
+from imem_gateway.triton import model_error
 from imem_gateway.validation import param_name, validation_error
 
 
@@ -106,3 +107,23 @@ def test_invalid_json_and_missing_body():
     assert "not valid JSON" in validation_error([{"type": "json_invalid", "loc": ("body", 3), "msg": "x",
                                                   "ctx": {"error": "Expecting value"}}]).message
     assert "JSON object" in validation_error([{"type": "missing", "loc": ("body",), "msg": "Field required"}]).message
+
+
+def test_ignored_fields_are_accepted_and_change_nothing():
+    values = {"metadata": {"a": "b"}, "store": True, "service_tier": "auto", "parallel_tool_calls": False,
+              "safety_identifier": "s", "prompt_cache_key": "k"}
+    assert set(values) == set(IGNORED_FIELDS)
+    assert to_turn(request([user("hi")], **values), "c") == to_turn(request([user("hi")]), "c")
+
+
+@pytest.mark.parametrize("message, status, code", [
+    ("in ensemble 'chat', 'message' must not be empty", 400, None),
+    ("unknown conversation 'x' (tenant 'acme'): it has no turns", 404, "conversation_not_found"),
+    ("in ensemble 'chat', generation failed: CUDA out of memory", 502, "upstream_error"),
+    ("memory failed: disk full", 502, "upstream_error"),
+    ("Request for unknown model: 'chat' has no available versions", 503, "upstream_unavailable"),
+])
+def test_model_errors_map_to_http_statuses(message, status, code):
+    error = model_error(message)
+    assert (error.status, error.code) == (status, code)
+    assert "in ensemble" not in error.message
