@@ -84,6 +84,7 @@ class RunningGateway:
         "acme": ("acme", 0, 0),
         "globex": ("globex", 0, 0),
         "limited": ("acme", 2, 0),
+        "frugal": ("acme", 0, 10),
         "fuzz": ("fuzz", 0, 0),
     }
 

@@ -3,6 +3,7 @@ turns, usage, seeding from a resent history, export/delete, tenants and the erro
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -201,6 +202,30 @@ def test_rate_limit_is_a_rate_limit_error_with_retry_after(gateway):
     assert caught.value.body["code"] == "rate_limit_exceeded"
     assert export(gateway, conv("limited")) is None
     gateway.openai("globex").models.list()  # other keys are not affected
+
+
+def test_tokens_per_minute_are_charged_from_the_reported_usage(gateway):
+    sdk = gateway.openai("frugal")  # 10 tokens per minute: one short reply uses them up
+    reply = sdk.chat.completions.create(model="m", messages=[user("hi")], user=conv("frugal"), max_tokens=2)
+    assert reply.usage.total_tokens > 10
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk.chat.completions.create(model="m", messages=[user("hi")], user=conv("frugal"), max_tokens=2)
+    assert "tokens per minute" in caught.value.body["message"]
+    assert len(export(gateway, conv("frugal"))) == 2
+
+
+def test_concurrent_requests_share_the_triton_connection(gateway):
+    def ask(index):
+        sdk = gateway.openai()
+        stream = sdk.chat.completions.create(model="m", messages=[user(f"Question number {index}?")],
+                                             user=conv(f"parallel-{index}"), max_tokens=8, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(ask, range(4)))
+    for index, text in enumerate(texts):
+        turns = export(gateway, conv(f"parallel-{index}"))
+        assert [t["text"] for t in turns] == [f"Question number {index}?", text]
 
 
 def test_unknown_conversation_and_model_are_not_found(gateway):
