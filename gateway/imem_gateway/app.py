@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from imem_gateway import translate
-from imem_gateway.errors import ApiError, bad_request, rate_limited, unauthorized, upstream
+from imem_gateway.errors import ApiError, rate_limited, unauthorized, upstream
 from imem_gateway.keys import ApiKey, KeyRing
 from imem_gateway.ratelimit import RateLimiter
 from imem_gateway.schema import ChatCompletionRequest
@@ -50,7 +50,7 @@ class Gateway:
 
     async def seed(self, tenant: str, turn: ChatTurn) -> bool:
         """Stores the client's earlier messages if the conversation is new; True if it did."""
-        try:
+        try:  # recall answers 404 for an unknown conversation; unlike export, its answer stays small
             await self.triton.memory("recall", tenant, turn.conversation_id, message=".")
             return False  # known conversation: memory already holds its history, resent or not
         except ApiError as error:
