@@ -60,16 +60,26 @@ def cmd_memory(args) -> int:
     return 0
 
 
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
 def cmd_serve(args) -> int:
     from imem_client.server import TritonServer
 
     server = TritonServer(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           host=args.host)
     data_dir = os.environ.get("IMEM_DATA_DIR", str(Path.cwd() / "data"))
-    server.start()
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    # Ctrl-C and SIGTERM unwind the wait below, so the server is stopped outside the signal handler.
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
     gateway = None
     try:
+        server.start()
         server.wait_ready(timeout=600)
         gateway = _start_gateway(args) if args.gateway else None
         print(f"\nInfinite Memory Inference is ready.\n"
@@ -81,10 +91,12 @@ def cmd_serve(args) -> int:
                  if gateway else "")
               + "Ctrl-C stops it.", flush=True)
         return server.process.wait()
-    except KeyboardInterrupt:
+    except _Stop:
         print("\nstopping Triton ...", flush=True)
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop_gateway(gateway)
         server.stop()
 

@@ -34,6 +34,11 @@ class LlmMetrics:
                                 "cancelled", pb_utils.MetricFamily.COUNTER)
         self.tokens = family("imem_llm_generated_tokens_total", "Tokens generated", pb_utils.MetricFamily.COUNTER)
 
+    def close(self):
+        # Metrics first, then their families: the other order crashes the stub at shutdown.
+        self.running = self.cancelled = self.tokens = None
+        self.families.clear()
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -127,3 +132,4 @@ class TritonPythonModel:
         self.engine.shutdown()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        self.metrics.close()
