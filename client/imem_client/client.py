@@ -179,7 +179,12 @@ class Client:
                 yield _chunk_from(body)
 
     # ---- direct memory operations ------------------------------------------------------------------
-    def recall(self, conversation_id: str, query: str, tenant: str = "default") -> dict:
+    def recall(self, conversation_id: str, query: str, tenant: str = "default", policy: str | None = None) -> dict:
+        """What memory would put in the prompt for `query`. `policy` picks a benchmark reference policy
+        ("recency", "dense", "full"); chat always uses "default"."""
+        if policy:
+            return self._memory("recall", conversation_id, tenant, message=query,
+                                payload=json.dumps({"policy": policy}))
         return self._memory("recall", conversation_id, tenant, message=query)
 
     def ingest(self, conversation_id: str, history: list[dict] | str, tenant: str = "default") -> dict:

@@ -33,9 +33,17 @@ class MemoryConfig:
     qdrant_url: str = field(default_factory=lambda: _env("QDRANT_URL", ""))
     qdrant_api_key: str = field(default_factory=lambda: _env("QDRANT_API_KEY", ""))
     collection: str = field(default_factory=lambda: _env("IMEM_COLLECTION", "turns"))
-    top_k: int = field(default_factory=lambda: _int("IMEM_TOP_K", 3))
+    # Recall (imem/recall.py): the last `recent_turns` turns, then dense (cosine >= `threshold`) + BM25
+    # candidates (`candidates` of each) fused by rank, each with `neighbours` turns on either side weighted
+    # by `neighbour_weight` per step; at most `top_k` of them, packed best first into `context_budget`
+    # tokens (what memory may add to the prompt). Measured with `imem bench locomo` (README).
+    top_k: int = field(default_factory=lambda: _int("IMEM_TOP_K", 12))
     threshold: float = field(default_factory=lambda: _float("IMEM_THRESHOLD", 0.3))
     recent_turns: int = field(default_factory=lambda: _int("IMEM_RECENT_TURNS", 3))
+    context_budget: int = field(default_factory=lambda: _int("IMEM_CONTEXT_BUDGET", 600))
+    candidates: int = field(default_factory=lambda: _int("IMEM_CANDIDATES", 30))
+    neighbours: int = field(default_factory=lambda: _int("IMEM_NEIGHBOURS", 2))
+    neighbour_weight: float = field(default_factory=lambda: _float("IMEM_NEIGHBOUR_WEIGHT", 0.5))
     # Prompt tokens of the whole rendered prompt (chat template included), never exceeded.
     prompt_budget: int = field(default_factory=lambda: _int("IMEM_PROMPT_BUDGET", 1024))
     max_message_tokens: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_TOKENS", 512))

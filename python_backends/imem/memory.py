@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 
+from imem import recall as recall_policy
 from imem.backfill import VectorBackfill
 from imem.config import MemoryConfig
 from imem.prompt import PackedPrompt, PromptPacker, PromptTooLong
@@ -33,14 +35,22 @@ class Recall:
     prompt: PackedPrompt
     # What the policy offered before packing; `prompt.recalled` / `prompt.recent` is what fitted.
     candidates: list[ScoredTurn]
+    policy: str = "default"
+    searched: str = ""  # the text the policy searched for (the message without the speakers' names)
+    recall_ms: float = 0.0  # selection and packing, embedding excluded
+    embed_ms: float = 0.0  # embedding done during recall (none when the message's vector was given)
 
     def summary(self) -> dict:
         return {
             "conversation_id": self.conversation_id,
             "tenant": self.tenant,
+            "policy": self.policy,
             "prompt_tokens": self.prompt.tokens,
+            "context_tokens": self.prompt.context_tokens,
             "recalled": [scored_json(s) for s in sorted(self.prompt.recalled, key=lambda s: -s.score)],
             "recent": [turn_json(t) for t in self.prompt.recent],
+            "searched": self.searched,
+            "timing_ms": {"recall": round(self.recall_ms, 3), "embed": round(self.embed_ms, 3)},
         }
 
 
@@ -93,27 +103,59 @@ class Memory:
         return last
 
     # ---- the chat path ----------------------------------------------------------------------------
-    def recall(self, tenant: str, conversation_id: str, message: str, query_vector: np.ndarray,
-               system: str = "") -> Recall:
-        """The turns worth putting in front of the model for `message`, packed into a prompt."""
+    def recall(self, tenant: str, conversation_id: str, message: str, query_vector: np.ndarray | None,
+               system: str = "", policy: str = "default") -> Recall:
+        """The turns worth putting in front of the model for `message`, packed into a prompt. Chat always
+        uses the default policy; the others are reference points for benchmarks (imem/recall.py).
+
+        `query_vector` is the message's embedding when the caller has it (the chat ensemble's embedder
+        step); the policy embeds what else it searches for (or everything, when it is None)."""
         self.check_ids(tenant, conversation_id)
         self.check_message(message)
-        recent = self.store.latest(tenant, conversation_id, self.config.recent_turns)
-        recent_numbers = {t.turn for t in recent}
-        similar = self.store.similar(tenant, conversation_id, query_vector,
-                                     limit=self.config.top_k + len(recent), threshold=self.config.threshold)
-        candidates = [s for s in similar if s.turn.turn not in recent_numbers][: self.config.top_k]
+        vectors: dict[str, np.ndarray] = {} if query_vector is None else {message: query_vector}
+        embed_ms = 0.0
+
+        def embed_query(text: str) -> np.ndarray:
+            nonlocal embed_ms
+            if text not in vectors:
+                started = time.perf_counter()
+                vectors[text] = self.embed([text])[0]
+                embed_ms += (time.perf_counter() - started) * 1000
+            return vectors[text]
+
+        started = time.perf_counter()
         try:
-            packed = self.packer.pack(message, candidates, recent, system)
+            offer = recall_policy.select(policy, self.store, self.config, tenant, conversation_id, message,
+                                         embed_query)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+        try:
+            if offer.budget is None:
+                packed = self.packer.measure(message, [s.turn for s in offer.recalled] + offer.recent, system)
+            else:
+                packed = self.packer.pack(message, offer.recalled, offer.recent, system, offer.budget)
         except PromptTooLong as error:
             raise BadRequest(f"'message' does not fit: {error}") from None
-        return Recall(tenant, conversation_id, message, packed, candidates)
+        elapsed = (time.perf_counter() - started) * 1000
+        return Recall(tenant, conversation_id, message, packed, offer.recalled, policy, offer.query,
+                      elapsed - embed_ms, embed_ms)
 
-    def recall_only(self, tenant: str, conversation_id: str, query: str) -> dict:
+    def recall_only(self, tenant: str, conversation_id: str, query: str, policy: str = "default") -> dict:
         self.check_ids(tenant, conversation_id)
+        if policy not in recall_policy.POLICIES:
+            raise BadRequest(f"'policy' must be one of {', '.join(recall_policy.POLICIES)}, got {policy!r}")
         self.require_known(tenant, conversation_id)
         self.check_message(query, "query")
-        return self.recall(tenant, conversation_id, query, self.embed([query])[0]).summary()
+        summary = self.recall(tenant, conversation_id, query, None, policy=policy).summary()
+        summary["config"] = self.recall_config()
+        return summary
+
+    def recall_config(self) -> dict:
+        c = self.config
+        return {"policy": "default", "top_k": c.top_k, "threshold": c.threshold, "recent_turns": c.recent_turns,
+                "context_budget": c.context_budget, "prompt_budget": c.prompt_budget, "candidates": c.candidates,
+                "neighbours": c.neighbours, "neighbour_weight": c.neighbour_weight,
+                "store": "qdrant-server" if c.qdrant_url else "qdrant-edge"}
 
     def commit(self, tenant: str, conversation_id: str, user_text: str, user_vector: np.ndarray,
                assistant_text: str) -> tuple[Turn, Turn]:

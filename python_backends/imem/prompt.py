@@ -4,11 +4,19 @@ template, inside a token budget that is never exceeded.
 Everything goes into one user message. Instruct templates such as Mistral's demand strict user/assistant
 alternation and have no system role, while remembered turns come from any speakers in any order; one
 message with a labelled memory block renders under every template.
+
+Remembered turns are written compactly, `speaker: text`, oldest first, under a header line for each date
+("[1:56 pm on 8 May, 2023]", or the day of an ISO timestamp): a date costs ~18 tokens, so it is written
+once per group of turns from the same session or day rather than on every line.
 """
 
 from __future__ import annotations
 
+import calendar
+import functools
+import re
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 
 from imem.turn import ScoredTurn, Turn
 
@@ -25,17 +33,60 @@ class PackedPrompt:
     tokens: int
     recalled: list[ScoredTurn] = field(default_factory=list)
     recent: list[Turn] = field(default_factory=list)
+    # What memory adds to the prompt: its tokens minus those of the bare message (same template).
+    context_tokens: int = 0
 
 
 class PromptTooLong(ValueError):
     pass
 
 
+_MONTHS = {name.lower(): number for number in range(1, 13)
+           for name in (calendar.month_name[number], calendar.month_abbr[number])}
+_DAY_MONTH_YEAR = re.compile(r"\b(\d{1,2})(?:st|nd|rd|th)?\s+([A-Za-z]{3,9})\.?,?\s+(\d{4})\b")
+_MONTH_DAY_YEAR = re.compile(r"\b([A-Za-z]{3,9})\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})\b")
+
+
+@functools.lru_cache(maxsize=4096)
+def date_label(timestamp: str) -> str:
+    """The header a turn is grouped under: its day, written "8 May 2023" (an ISO-8601 timestamp, or text
+    holding a day, month name and year); any other text as given. Empty for no timestamp."""
+    timestamp = timestamp.strip()
+    if not timestamp:
+        return ""
+    try:
+        day = datetime.fromisoformat(timestamp).date()
+    except ValueError:
+        day = None
+        for pattern, order in ((_DAY_MONTH_YEAR, (0, 1, 2)), (_MONTH_DAY_YEAR, (1, 0, 2))):
+            match = pattern.search(timestamp)
+            if match:
+                parts = [match.group(i + 1) for i in order]
+                month = _MONTHS.get(parts[1].lower())
+                try:
+                    day = date(int(parts[2]), month, int(parts[0])) if month else None
+                except ValueError:
+                    day = None
+                if day:
+                    break
+    return f"{day.day} {calendar.month_name[day.month]} {day.year}" if day else timestamp
+
+
 def turn_line(turn: Turn) -> str:
-    label = f"turn {turn.turn} · {turn.role}"
-    if turn.timestamp:
-        label += f" · {turn.timestamp}"
-    return f"[{label}] {turn.text}"
+    return f"{turn.role}: {turn.text}"
+
+
+def render_turns(turns: list[Turn]) -> str:
+    """Turns in the order given, a date header line whenever the date changes."""
+    lines, current = [], None
+    for turn in turns:
+        label = date_label(turn.timestamp)
+        if label != current:
+            if label:
+                lines.append(f"[{label}]")
+            current = label
+        lines.append(turn_line(turn))
+    return "\n".join(lines)
 
 
 class PromptPacker:
@@ -46,13 +97,18 @@ class PromptPacker:
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def _counts(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def render(self, message: str, recalled: list[ScoredTurn], recent: list[Turn], system: str = "") -> str:
         parts = [system.strip()] if system.strip() else []
         if recalled:
-            ordered = sorted(recalled, key=lambda s: s.turn.turn)
-            parts.append("\n".join([MEMORY_HEADER, *(turn_line(s.turn) for s in ordered)]))
+            ordered = sorted((s.turn for s in recalled), key=lambda t: t.turn)
+            parts.append(f"{MEMORY_HEADER}\n{render_turns(ordered)}")
         if recent:
-            parts.append("\n".join([RECENT_HEADER, *(turn_line(t) for t in recent)]))
+            parts.append(f"{RECENT_HEADER}\n{render_turns(sorted(recent, key=lambda t: t.turn))}")
         if parts:
             parts.append(f"{MESSAGE_HEADER}\n{message}")
             content = "\n\n".join(parts)
@@ -61,38 +117,61 @@ class PromptPacker:
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
-    def pack(self, message: str, recalled: list[ScoredTurn], recent: list[Turn], system: str = "") -> PackedPrompt:
-        """Fits as much memory as the budget allows: recent turns newest first, then recalled turns by
-        score. A turn too long for the space left is cut rather than dropped when enough room remains."""
+    def measure(self, message: str, turns: list[Turn], system: str = "") -> PackedPrompt:
+        """Every given turn as memory, with no budget: what sending the whole history would cost."""
+        bare_tokens = self.count(self.render(message, [], [], system))
+        recalled = [ScoredTurn(t, 0.0) for t in turns]
+        text = self.render(message, recalled, [], system)
+        tokens = self.count(text)
+        return PackedPrompt(text, tokens, recalled, [], tokens - bare_tokens)
+
+    def pack(self, message: str, recalled: list[ScoredTurn], recent: list[Turn], system: str = "",
+             context_budget: int | None = None) -> PackedPrompt:
+        """Fits as much memory as the budgets allow: recent turns newest first, then recalled turns in the
+        order given (best first). The whole prompt stays within `budget`, and what memory adds to it within
+        `context_budget` (None: no limit of its own). A turn too long for the space left is cut rather than
+        dropped when enough room remains."""
         bare = self.render(message, [], [], system)
         bare_tokens = self.count(bare)
         if bare_tokens > self.budget:
             raise PromptTooLong(f"the message alone needs {bare_tokens} prompt tokens; the budget is {self.budget}")
-        # Headers and the message label cost a few tokens once any memory is present.
-        used = bare_tokens + self.count("\n\n".join([MEMORY_HEADER, RECENT_HEADER, MESSAGE_HEADER])) + 4
+        limit = self.budget - bare_tokens
+        if context_budget is not None:
+            limit = min(limit, context_budget)
+        candidates = [("recent", t) for t in reversed(recent)] + [("recalled", s) for s in recalled]
+        if not candidates:
+            return PackedPrompt(bare, bare_tokens)
+        # Estimated cost, summed line by line: headers once, a line per turn, a date line per new date.
+        # Tokens merge a little across line breaks; the rendered prompt below is the truth.
+        used = self.count("\n\n".join([MEMORY_HEADER, RECENT_HEADER, MESSAGE_HEADER])) + 6
+        lines = self._counts([turn_line(item if kind == "recent" else item.turn) for kind, item in candidates])
+        dates: dict[tuple[str, str], int] = {}
         chosen_recent: list[Turn] = []
         chosen_recalled: list[ScoredTurn] = []
-        candidates = [("recent", t) for t in reversed(recent)] + [("recalled", s) for s in recalled]
-        for kind, item in candidates:
+        for (kind, item), line_cost in zip(candidates, lines):
+            if limit - used < MIN_TRUNCATED_TOKENS // 2:
+                break
             turn = item if kind == "recent" else item.turn
-            cost = self.count(turn_line(turn)) + 1
-            if used + cost > self.budget:
-                room = self.budget - used - self.count(turn_line(replace(turn, text=""))) - 2
+            key = (kind, date_label(turn.timestamp))
+            date_cost = 0 if key in dates or not key[1] else self.count(f"[{key[1]}]") + 1
+            cost = line_cost + 1 + date_cost
+            if used + cost > limit:
+                room = limit - used - date_cost - self.count(turn_line(replace(turn, text=""))) - 2
                 if room < MIN_TRUNCATED_TOKENS:
                     continue
                 turn = replace(turn, text=self._truncate(turn.text, room))
                 item = turn if kind == "recent" else ScoredTurn(turn, item.score)
-                cost = self.count(turn_line(turn)) + 1
+                cost = self.count(turn_line(turn)) + 1 + date_cost
             used += cost
+            dates[key] = 1
             (chosen_recent if kind == "recent" else chosen_recalled).append(item)
         chosen_recent.sort(key=lambda t: t.turn)
-        # The per-line counts are an estimate (tokens merge across line breaks); the rendered prompt is
-        # the truth. Drop the lowest-priority turn until it fits.
+        # Drop the lowest-priority turn until the rendered prompt fits both budgets.
         while True:
             text = self.render(message, chosen_recalled, chosen_recent, system)
             tokens = self.count(text)
-            if tokens <= self.budget:
-                return PackedPrompt(text, tokens, chosen_recalled, chosen_recent)
+            if tokens - bare_tokens <= limit or not (chosen_recalled or chosen_recent):
+                return PackedPrompt(text, tokens, chosen_recalled, chosen_recent, tokens - bare_tokens)
             if chosen_recalled:
                 chosen_recalled.pop()
             else:
@@ -101,4 +180,3 @@ class PromptPacker:
     def _truncate(self, text: str, tokens: int) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: max(tokens - 1, 0)]
         return self.tokenizer.decode(ids).rstrip() + "…"
-

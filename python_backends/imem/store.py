@@ -73,8 +73,9 @@ class TurnStore(ABC):
 
     @abstractmethod
     def hybrid(self, tenant: str, conversation_id: str, dense: np.ndarray, text: str, limit: int,
-               prefetch: int = 20) -> list[ScoredTurn]:
-        """Dense and BM25 candidates fused with reciprocal rank fusion inside Qdrant, best first."""
+               prefetch: int = 20, threshold: float = 0.0) -> list[ScoredTurn]:
+        """Dense (cosine >= `threshold`) and BM25 candidates, `prefetch` of each, fused with reciprocal rank
+        fusion inside Qdrant, best first."""
 
     @abstractmethod
     def get(self, tenant: str, conversation_id: str, turn_numbers: Iterable[int]) -> list[Turn]:
@@ -200,10 +201,10 @@ class EdgeTurnStore(TurnStore):
             filter=self._scope(tenant, conversation_id), score_threshold=threshold, with_payload=True))
         return [ScoredTurn(Turn.from_payload(h.payload), h.score) for h in hits]
 
-    def hybrid(self, tenant, conversation_id, dense, text, limit, prefetch=20):
+    def hybrid(self, tenant, conversation_id, dense, text, limit, prefetch=20, threshold=0.0):
         scope = self._scope(tenant, conversation_id)
         dense_query = edge.Query.Nearest(np.asarray(dense, dtype=np.float32).tolist(), using=DENSE)
-        prefetches = [edge.Prefetch(limit=prefetch, query=dense_query, filter=scope)]
+        prefetches = [edge.Prefetch(limit=prefetch, query=dense_query, filter=scope, score_threshold=threshold or None)]
         sparse = bm25().embed_query(text)
         if sparse.indices:  # a query of stopwords only has no sparse vector
             prefetches.append(edge.Prefetch(limit=prefetch, query=edge.Query.Nearest(sparse, using=SPARSE),
@@ -308,10 +309,10 @@ class ServerTurnStore(TurnStore):
             query_filter=self._scope(tenant, conversation_id), score_threshold=threshold, with_payload=True).points
         return [ScoredTurn(Turn.from_payload(h.payload), h.score) for h in hits]
 
-    def hybrid(self, tenant, conversation_id, dense, text, limit, prefetch=20):
+    def hybrid(self, tenant, conversation_id, dense, text, limit, prefetch=20, threshold=0.0):
         scope = self._scope(tenant, conversation_id)
         prefetches = [models.Prefetch(query=np.asarray(dense, dtype=np.float32).tolist(), using=DENSE,
-                                      limit=prefetch, filter=scope)]
+                                      limit=prefetch, filter=scope, score_threshold=threshold or None)]
         sparse = bm25().embed_query(text)
         if sparse.indices:
             prefetches.append(models.Prefetch(query=self._sparse(sparse), using=SPARSE, limit=prefetch, filter=scope))

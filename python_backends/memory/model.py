@@ -4,7 +4,8 @@ It serves three kinds of request, told apart by which inputs are present:
   * recall (chat step 2): conversation_id, tenant, message, query_embedding -> prompt, handle
   * commit (chat step 4, once per llm response): memory_handle + llm_* tensors -> the chat outputs;
     on the final response it stores the exchange before answering, so an acknowledged turn is durable
-  * a direct operation: operation (recall | ingest | export | delete) + ids + payload -> result (JSON)
+  * a direct operation: operation (recall | ingest | export | delete) + ids + payload -> result (JSON);
+    a recall's optional payload {"policy": ...} picks a reference policy for benchmarks (imem/recall.py)
 """
 
 import json
@@ -19,6 +20,21 @@ from imem.store import open_store
 from imem.tensors import BadRequest, bytes_tensor, error_response, int_tensor, optional_input, text
 
 OPERATIONS = ("recall", "ingest", "export", "delete")
+
+
+def recall_options(payload: str) -> dict:
+    """The direct recall's optional JSON payload: {"policy": "default" | "recency" | "dense" | "full"}."""
+    if not payload.strip():
+        return {}
+    try:
+        options = json.loads(payload)
+    except json.JSONDecodeError as error:
+        raise BadRequest(f"'payload' of a recall must be a JSON object: {error.msg}") from None
+    if not isinstance(options, dict) or set(options) - {"policy"}:
+        raise BadRequest("'payload' of a recall must be a JSON object with at most the key 'policy'")
+    if "policy" in options and not isinstance(options["policy"], str):
+        raise BadRequest("'payload': 'policy' must be a string")
+    return options
 
 
 class TritonPythonModel:
@@ -97,7 +113,8 @@ class TritonPythonModel:
             raise BadRequest(f"'operation' must be one of {', '.join(OPERATIONS)}, got {operation!r}")
         tenant, conversation_id = self._ids(request)
         if operation == "recall":
-            result = self.memory.recall_only(tenant, conversation_id, text(request, "message"))
+            result = self.memory.recall_only(tenant, conversation_id, text(request, "message"),
+                                             **recall_options(text(request, "payload", required=False)))
         elif operation == "ingest":
             result = self.memory.ingest(tenant, conversation_id, text(request, "payload"))
         elif operation == "export":

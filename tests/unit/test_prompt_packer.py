@@ -3,7 +3,7 @@ labelled with turn numbers and dates, and the edge cases (no memory, one huge tu
 
 import pytest
 
-from imem.prompt import MEMORY_HEADER, RECENT_HEADER, PromptPacker, PromptTooLong
+from imem.prompt import MEMORY_HEADER, RECENT_HEADER, PromptPacker, PromptTooLong, date_label
 from imem.turn import ScoredTurn, Turn
 
 
@@ -42,13 +42,46 @@ def test_empty_memory_gives_the_bare_message(tokenizer):
     assert packed.recalled == [] and packed.recent == []
 
 
-def test_turns_are_labelled_with_number_speaker_and_date(tokenizer):
+def test_turns_are_labelled_with_speaker_and_their_date_once_per_day(tokenizer):
     packed = PromptPacker(tokenizer, 1024).pack(
-        "When did we talk about Rex?", [scored(3, "My dog is called Rex.", timestamp="1:56 pm on 8 May, 2023")],
-        [turn(9, "Nice!", role="assistant")])
-    assert "[turn 3 · user · 1:56 pm on 8 May, 2023] My dog is called Rex." in packed.text
-    assert "[turn 9 · assistant] Nice!" in packed.text
+        "When did we talk about Rex?",
+        [scored(3, "My dog is called Rex.", timestamp="1:56 pm on 8 May, 2023"),
+         scored(4, "Rex is a corgi.", role="assistant", timestamp="1:56 pm on 8 May, 2023"),
+         scored(7, "Rex turned two.", timestamp="2:10 pm on 25 May, 2023")],
+        [turn(9, "Nice!", role="assistant", timestamp="2025-06-01T12:00:00+00:00")])
+    assert "[8 May 2023]\nuser: My dog is called Rex.\nassistant: Rex is a corgi.\n[25 May 2023]\nuser: Rex turned two." \
+        in packed.text
+    assert packed.text.count("[8 May 2023]") == 1
+    assert "[1 June 2025]\nassistant: Nice!" in packed.text
     assert packed.text.index(MEMORY_HEADER) < packed.text.index(RECENT_HEADER)
+
+
+@pytest.mark.parametrize("timestamp, label", [
+    ("1:56 pm on 8 May, 2023", "8 May 2023"), ("May 8, 2023", "8 May 2023"),
+    ("2025-06-01T12:00:00+00:00", "1 June 2025"), ("last summer", "last summer"), ("", "")])
+def test_dates_are_written_as_their_day(timestamp, label):
+    assert date_label(timestamp) == label
+
+
+@pytest.mark.parametrize("context_budget", [80, 120, 300])
+def test_the_context_budget_bounds_what_memory_adds(tokenizer, context_budget):
+    packer = PromptPacker(tokenizer, 1024)
+    recalled = [scored(i, f"On day {i} we planted {i} rows of beans and {i * 2} rows of leeks in the garden.",
+                       score=1 - i / 100, timestamp=f"{i % 28 + 1} March 2024") for i in range(1, 40)]
+    packed = packer.pack("What did we plant?", recalled, [turn(50, "latest remark")], context_budget=context_budget)
+    bare = packer.pack("What did we plant?", [], [])
+    assert packed.context_tokens == packed.tokens - bare.tokens <= context_budget
+    assert packed.context_tokens > context_budget - 45  # filled, not abandoned early
+    # Best first: whatever was packed is a prefix of the offer (a shorter turn may fill the last gap).
+    kept = [s.turn.turn for s in packed.recalled]
+    assert kept[: len(kept) - 1] == list(range(1, len(kept)))
+
+
+def test_measure_counts_the_whole_history_without_a_budget(tokenizer):
+    turns = [turn(i, f"remark number {i} about the long history of this conversation") for i in range(1, 200)]
+    measured = PromptPacker(tokenizer, 1024).measure("Everything?", turns)
+    assert measured.context_tokens > 1024 and len(measured.recalled) == 199
+    assert measured.tokens == len(tokenizer(measured.text, add_special_tokens=False)["input_ids"])
 
 
 def test_a_single_huge_turn_is_truncated_to_fit(tokenizer):
