@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model clean loadtest
+.PHONY: serve test unit integration venv dev-model clean loadtest aiperf perf-analyzer bench bench-quick
 
 venv: $(VENV)/.installed
 
@@ -56,3 +56,29 @@ DURATION    ?= 60s
 PROTOCOL    ?= both
 loadtest: venv
 	$(VENV)/bin/imem bench loadtest --users $(USERS) --duration $(DURATION) --protocol $(PROTOCOL)
+
+# NVIDIA AIPerf (its own venv: it pins many packages) against the chat ensemble's HTTP generate_stream;
+# MODEL=llm measures the bare llm instead. Options: loadtest/aiperf/run.sh.
+aiperf: .venv-aiperf/.installed
+	loadtest/aiperf/run.sh
+.venv-aiperf/.installed:
+	$(SYSTEM_PY) -m venv .venv-aiperf
+	.venv-aiperf/bin/pip install --quiet aiperf==0.13.0
+	touch $@
+
+# Triton's perf_analyzer on the embedder and memory models (the binary of tritonclient 2.40.0's wheel).
+perf-analyzer: .venv-perf/.installed
+	loadtest/perf_analyzer/run.sh
+.venv-perf/.installed:
+	@test -e /usr/lib/x86_64-linux-gnu/libb64.so.0d || (apt-get update && apt-get install -y libb64-0d)
+	$(SYSTEM_PY) -m venv .venv-perf
+	.venv-perf/bin/pip install --quiet tritonclient==2.40.0 nvidia-cuda-runtime-cu12==12.9.79
+	touch $@
+
+# The four benchmarks behind the README's performance figures (results/*.json and *.png). Each starts
+# what it needs (overhead and embedder their own tritonserver); BENCH_ARGS=--quick for a short run.
+bench: venv dev-model
+	$(VENV)/bin/imem bench overhead $(BENCH_ARGS)
+	$(VENV)/bin/imem bench scale $(BENCH_ARGS)
+	$(VENV)/bin/imem bench prompt-cost $(BENCH_ARGS)
+	$(VENV)/bin/imem bench embedder $(BENCH_ARGS)
