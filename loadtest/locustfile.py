@@ -75,8 +75,9 @@ class ChatTurns:
 
     @property
     def sampling(self) -> str:
-        return json.dumps({"max_tokens": MAX_TOKENS, "temperature": 0.8,
-                           "seed": self.rng.randrange(1 << 30)})
+        # No per-request seed: vLLM 0.32's CPU worker crashes (EngineDeadError, "CPU Generator does not use
+        # offset") when a seeded request's prefill is chunked, which concurrent load makes likely.
+        return json.dumps({"max_tokens": MAX_TOKENS, "temperature": 0.8})
 
     def next_turn(self):
         if self.conversation.done:
