@@ -24,13 +24,18 @@ Embed = Callable[[list[str]], np.ndarray]
 
 class VectorBackfill:
     def __init__(self, store: TurnStore, embed: Embed, log: Callable[[str], None] = print,
-                 batch_size: int = 64, retry_seconds: float = 1.0, recover: bool = True):
+                 batch_size: int = 64, retry_seconds: float = 1.0, recover: bool = True, linger: float = 0.0):
         self.store, self.embed, self.log = store, embed, log
         self.batch_size, self.retry_seconds = batch_size, retry_seconds
+        # Seconds a turn may wait for others to be embedded with: a batch costs little more than one turn,
+        # and every pass taken off the embedder is one fewer that a client's query embedding queues behind.
+        self.linger = linger
         self._queue: deque[Turn] = deque()
+        self._oldest = 0.0  # when the oldest queued turn was submitted
         self._busy = 0  # turns taken off the queue and not yet written
         self._recovering = recover
         self._closing = False
+        self._draining = 0  # callers in drain(): no lingering while they wait
         self._cond = threading.Condition()
         self.embedded = 0  # turns whose vector this backfill has set (for tests and metrics)
         self._thread = threading.Thread(target=self._run, name="vector-backfill", daemon=True)
@@ -39,6 +44,8 @@ class VectorBackfill:
     # ---- the caller's side ----------------------------------------------------------------------------
     def submit(self, turns: list[Turn]) -> None:
         with self._cond:
+            if not self._queue:
+                self._oldest = time.monotonic()
             self._queue.extend(turns)
             self._cond.notify_all()
 
@@ -50,12 +57,17 @@ class VectorBackfill:
         """Waits until every submitted turn (and the start-up recovery) is done; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._queue or self._busy or self._recovering:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            self._draining += 1
+            self._cond.notify_all()
+            try:
+                while self._queue or self._busy or self._recovering:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+                return True
+            finally:
+                self._draining -= 1
 
     def close(self, timeout: float = 10.0) -> bool:
         """Finishes what it can within `timeout`; whatever is left is recovered on the next start."""
@@ -74,6 +86,9 @@ class VectorBackfill:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
+                while (len(self._queue) < self.batch_size and not self._draining and not self._closing
+                       and time.monotonic() < self._oldest + self.linger):
+                    self._cond.wait(self._oldest + self.linger - time.monotonic())
                 if self._closing:
                     return
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]

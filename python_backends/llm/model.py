@@ -130,6 +130,8 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.shutdown()
+        # Dropped now, not at interpreter exit, where AsyncLLM.__del__ fails on half-torn-down modules.
+        self.engine = None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
         self.metrics.close()

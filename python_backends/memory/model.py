@@ -46,7 +46,8 @@ class TritonPythonModel:
         self.store = open_store(config.memory, dim=config.embedder.dim)
         # Replies are embedded off the client's path; on start it also embeds any reply that a crash left
         # stored without its vector (retrying until the embedder model is up).
-        self.backfill = VectorBackfill(self.store, self._embed, log=pb_utils.Logger.log_warn)
+        self.backfill = VectorBackfill(self.store, self._embed, log=pb_utils.Logger.log_warn,
+                                       linger=config.memory.backfill_linger_ms / 1000)
         self.memory = Memory(config.memory, self.store, tokenizer, self._embed, self.backfill)
         self.limits = config.memory
 
@@ -139,6 +140,7 @@ class TritonPythonModel:
         return np.concatenate(vectors) if vectors else np.zeros((0, 384), dtype=np.float32)
 
     def finalize(self):
-        # What is not embedded by now stays stored without its vector and is embedded on the next start.
-        self.backfill.close(timeout=10)
+        # Triton allows no BLS call (the embedder) once unloading has begun: what is not embedded by now
+        # stays stored without its vector and is embedded on the next start.
+        self.backfill.close(timeout=0)
         self.store.close()

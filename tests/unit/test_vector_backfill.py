@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,13 @@ from imem.turn import Turn
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
 
-DIM = 16
+DIM = 384
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(Path(imem.__file__).resolve().parents[1])}
 
 
-def fake_embed(texts):
-    """Deterministic unit vectors: the same text, the same vector."""
-    rows = []
-    for text in texts:
-        v = np.random.default_rng(abs(hash(text)) % (1 << 32)).normal(size=DIM).astype(np.float32)
-        rows.append(v / np.linalg.norm(v))
-    return np.stack(rows) if rows else np.zeros((0, DIM), dtype=np.float32)
+@pytest.fixture(scope="module")
+def embed(embedder):
+    return embedder.embed
 
 
 @pytest.fixture(params=["edge", "server"])
@@ -46,29 +43,29 @@ def exchange(turn=1, conversation="c", reply="The cat is called Biscuit."):
             Turn("t", conversation, turn + 1, "assistant", reply)]
 
 
-def test_a_turn_stored_without_its_vector_is_kept_but_not_yet_similar(store):
+def test_a_turn_stored_without_its_vector_is_kept_but_not_yet_similar(store, embed):
     user, reply = exchange()
-    store.append([user, reply], [fake_embed([user.text])[0], None])
+    store.append([user, reply], [embed([user.text])[0], None])
     assert [t.text for t in store.export("t", "c")] == [user.text, reply.text]
     assert [t.turn for t in store.latest("t", "c", 5)] == [1, 2]
     assert store.missing_vectors(10) == [reply]
-    query = fake_embed([reply.text])[0]
+    query = embed([reply.text])[0]
     assert [h.turn.turn for h in store.similar("t", "c", query, 5, threshold=-1)] == [1]
 
-    assert store.set_vector(reply, fake_embed([reply.text])[0])
+    assert store.set_vector(reply, embed([reply.text])[0])
     assert store.missing_vectors(10) == []
     hits = store.similar("t", "c", query, 5, threshold=-1)
     assert hits[0].turn == reply and hits[0].score == pytest.approx(1.0, abs=1e-5)
 
 
-def test_set_vector_never_lands_on_a_turn_whose_text_changed_or_that_is_gone(store):
+def test_set_vector_never_lands_on_a_turn_whose_text_changed_or_that_is_gone(store, embed):
     user, reply = exchange()
-    store.append([user, reply], [fake_embed([user.text])[0], None])
+    store.append([user, reply], [embed([user.text])[0], None])
     stale = Turn("t", "c", 2, "assistant", "an older text for the same turn")
-    store.set_vector(stale, fake_embed([stale.text])[0])
+    store.set_vector(stale, embed([stale.text])[0])
     assert store.missing_vectors(10) == [reply]  # untouched: the stored text is not the one embedded
     store.delete("t", "c")
-    assert store.set_vector(reply, fake_embed([reply.text])[0]) is False
+    assert store.set_vector(reply, embed([reply.text])[0]) is False
     assert store.missing_vectors(10) == []
 
 
@@ -79,37 +76,62 @@ def test_append_checks_vector_rows_even_with_missing_ones(store):
         store.append(exchange(), [None])
 
 
-def test_backfill_sets_submitted_vectors_in_the_background(store):
-    backfill = VectorBackfill(store, fake_embed, log=lambda m: None, recover=False)
+def test_backfill_sets_submitted_vectors_in_the_background(store, embed):
+    backfill = VectorBackfill(store, embed, log=lambda m: None, recover=False)
     for i in range(5):
         user, reply = exchange(2 * i + 1, reply=f"reply {i}")
-        store.append([user, reply], [fake_embed([user.text])[0], None])
+        store.append([user, reply], [embed([user.text])[0], None])
         backfill.submit([reply])
     assert backfill.drain(10)
     assert store.missing_vectors(10) == [] and backfill.embedded == 5
     assert backfill.close()
 
 
-def test_backfill_recovers_what_a_previous_process_left_without_a_vector(store):
+def test_backfill_lingers_to_embed_replies_together_but_not_when_drained(store, embed):
+    batches = []
+
+    def counting(texts):
+        batches.append(len(texts))
+        return embed(texts)
+
+    backfill = VectorBackfill(store, counting, log=lambda m: None, recover=False, linger=0.5)
+    for i in range(4):
+        user, reply = exchange(2 * i + 1, reply=f"reply {i}")
+        store.append([user, reply], [embed([user.text])[0], None])
+        backfill.submit([reply])
+    deadline = time.monotonic() + 10
+    while store.missing_vectors(10) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.missing_vectors(10) == [] and batches == [4]
+
+    backfill.linger = 600  # a caller that waits (shutdown, tests) never waits for the linger
+    user, reply = exchange(9, reply="the last reply")
+    store.append([user, reply], [embed([user.text])[0], None])
+    backfill.submit([reply])
+    assert backfill.drain(5) and store.missing_vectors(10) == [] and batches == [4, 1]
+    assert backfill.close()
+
+
+def test_backfill_recovers_what_a_previous_process_left_without_a_vector(store, embed):
     for i in range(3):
-        store.append(exchange(2 * i + 1, conversation=f"c{i}"), [fake_embed(["u"])[0], None])
+        store.append(exchange(2 * i + 1, conversation=f"c{i}"), [embed(["u"])[0], None])
     assert len(store.missing_vectors(10)) == 3
-    backfill = VectorBackfill(store, fake_embed, log=lambda m: None, batch_size=2)
+    backfill = VectorBackfill(store, embed, log=lambda m: None, batch_size=2)
     assert backfill.drain(10) and store.missing_vectors(10) == []
     backfill.close()
 
 
-def test_backfill_retries_until_the_embedder_answers(store):
+def test_backfill_retries_until_the_embedder_answers(store, embed):
     calls, messages = [], []
 
     def flaky(texts):
         calls.append(len(texts))
         if len(calls) <= 2:
             raise RuntimeError("embedder is not ready")
-        return fake_embed(texts)
+        return embed(texts)
 
     user, reply = exchange()
-    store.append([user, reply], [fake_embed([user.text])[0], None])
+    store.append([user, reply], [embed([user.text])[0], None])
     backfill = VectorBackfill(store, flaky, log=messages.append, retry_seconds=0.05, recover=False)
     backfill.submit([reply])
     assert backfill.drain(10)
@@ -118,7 +140,7 @@ def test_backfill_retries_until_the_embedder_answers(store):
     backfill.close()
 
 
-def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store):
+def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store, embed):
     blocked = threading.Event()
 
     def stuck(texts):
@@ -126,7 +148,7 @@ def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store):
         raise RuntimeError("embedder gone")
 
     user, reply = exchange()
-    store.append([user, reply], [fake_embed([user.text])[0], None])
+    store.append([user, reply], [embed([user.text])[0], None])
     backfill = VectorBackfill(store, stuck, log=lambda m: None, recover=False, retry_seconds=0.05)
     backfill.submit([reply])
     assert backfill.close(timeout=0.2) is False
@@ -134,7 +156,7 @@ def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store):
     assert store.missing_vectors(10) == [reply]
 
 
-def test_a_reply_stored_without_its_vector_survives_sigkill_and_is_recovered(tmp_path):
+def test_a_reply_stored_without_its_vector_survives_sigkill_and_is_recovered(tmp_path, embed):
     child = textwrap.dedent(f"""
         import numpy as np
         from imem.store import EdgeTurnStore
@@ -152,7 +174,7 @@ def test_a_reply_stored_without_its_vector_survives_sigkill_and_is_recovered(tmp
     store = EdgeTurnStore(tmp_path / "edge", DIM)
     assert [t.text for t in store.export("t", "c")] == ["hi", "hello there"]
     assert [t.turn for t in store.missing_vectors(10)] == [2]
-    backfill = VectorBackfill(store, fake_embed, log=lambda m: None)
+    backfill = VectorBackfill(store, embed, log=lambda m: None)
     assert backfill.drain(10) and store.missing_vectors(10) == []
     backfill.close()
     store.close()

@@ -186,11 +186,14 @@ def _scalar(array):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def summarize_samples(samples: list[Sample]) -> dict:
+def summarize_samples(samples: list[Sample], wall: float | None = None) -> dict:
+    """`wall`: the seconds the samples were taken in, when they come from several separate phases (else
+    first start to last end)."""
     ok = [s for s in samples if not s.error]
     if not ok:
         return {"requests": len(samples), "errors": len(samples)}
-    wall = max(s.end for s in ok) - min(s.start for s in ok)
+    if wall is None:
+        wall = max(s.end for s in ok) - min(s.start for s in ok)
     tokens = sum(s.completion_tokens for s in ok)
     return {
         "requests": len(samples),

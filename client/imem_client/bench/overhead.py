@@ -134,6 +134,8 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
             sizes = [[s.prompt_tokens for s in warm[i * 2:(i + 1) * 2]] for i in range(concurrency)]
             await _phase(clients, grpc, "llm", tenant, scripts, 1, sizes, maker, sampling)
             samples: dict[str, list[common.Sample]] = {"chat": [], "llm": []}
+            # Rounds alternate chat and llm: throughput is over each model's own phases, not the span between.
+            walls = {"chat": 0.0, "llm": 0.0}
             stats = {}
             for round_ in range(rounds):
                 order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
@@ -141,6 +143,7 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                     before = await common.model_stats(clients[0], ["embedder", "memory", "llm"]) if kind == "chat" else None
                     started = time.perf_counter()
                     got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, sizes, maker, sampling)
+                    walls[kind] += time.perf_counter() - started
                     if kind == "chat":
                         after = await common.model_stats(clients[0], ["embedder", "memory", "llm"])
                         stats = common.stats_delta(before, after, len(got))
@@ -153,7 +156,7 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                     samples[kind].extend(got)
                     print(f"  round {round_ + 1} {kind:4s}: {len(got)} requests in {time.perf_counter() - started:.1f}s",
                           flush=True)
-            chat, llm = common.summarize_samples(samples["chat"]), common.summarize_samples(samples["llm"])
+            chat, llm = (common.summarize_samples(samples[kind], walls[kind]) for kind in ("chat", "llm"))
             level = {"concurrency": concurrency, "chat": chat, "llm": llm, "triton_ms_per_chat_request": stats}
             if chat.get("tokens_per_s") and llm.get("tokens_per_s"):
                 level["throughput_ratio"] = round(chat["tokens_per_s"] / llm["tokens_per_s"], 3)
