@@ -1,4 +1,5 @@
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,33 @@ def embedder():
     from imem.embedding import Embedder
 
     return Embedder(EmbedderConfig())
+
+
+class OneCallAtATime:
+    """qdrant-client's local mode, like a Qdrant server, applies one call at a time, but it is not safe to
+    call from several threads at once (a server is): this takes the calls in turn. The writers' claims still
+    interleave between calls, which is what the concurrency tests are about. No Qdrant server binary can be
+    had on this machine (PyPI, Debian and npm ship none) to run them against several processes."""
+
+    def __init__(self, client):
+        self._client, self._lock = client, threading.Lock()
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def local_qdrant():
+    """qdrant-client in local mode (":memory:" or a folder), taking calls one at a time (OneCallAtATime)."""
+    from qdrant_client import QdrantClient
+
+    return lambda location: OneCallAtATime(QdrantClient(location=str(location)) if str(location) == ":memory:"
+                                           else QdrantClient(path=str(location)))

@@ -5,12 +5,14 @@ import triton_python_backend_utils as pb_utils
 
 from imem.config import load
 from imem.embedding import Embedder
+from imem.orphans import die_with_server
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = load().embedder
-        if config.threads > 0:
+        die_with_server()  # a stub orphaned by a crash can hang in exit(): see imem/orphans.py
+        if config.threads > 0 and config.kind == "minilm":
             import torch
 
             torch.set_num_threads(config.threads)

@@ -122,8 +122,8 @@ class VectorBackfill:
                     ids = [t.point_id for t in turns]
                     if not turns or ids == previous:  # done, or nothing more can be done for these
                         break
-                    previous = ids
                     self._write(turns)
+                    previous = ids  # only once written: a failed attempt is tried again
                     recovered += len(turns)
                 except Exception as error:
                     self.log(f"recovering stored turns without a vector failed, retrying: {error!r}")

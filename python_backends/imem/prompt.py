@@ -93,6 +93,19 @@ class PromptPacker:
     def __init__(self, tokenizer, budget: int):
         self.tokenizer = tokenizer
         self.budget = budget
+        # The tokenizer turns a special token's text ("</s>", "<|im_start|>") into that token wherever it
+        # appears, so a message holding one could end the prompt or open a turn of its own. Inside what
+        # users wrote it is broken with a zero-width space: the model reads the same characters as text.
+        specials = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+        specials |= set(getattr(tokenizer, "all_special_tokens", []))
+        self.specials = sorted((t for t in specials if len(t) > 1), key=len, reverse=True)
+        self._special = re.compile("|".join(re.escape(t) for t in self.specials)) if self.specials else None
+
+    def neutralize(self, text: str) -> str:
+        """User text with every special token's spelling broken up (stored text is never changed)."""
+        if self._special is None:
+            return text
+        return self._special.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], text)
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -115,7 +128,7 @@ class PromptPacker:
         else:
             content = message
         return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+            [{"role": "user", "content": self.neutralize(content)}], tokenize=False, add_generation_prompt=True)
 
     def measure(self, message: str, turns: list[Turn], system: str = "") -> PackedPrompt:
         """Every given turn as memory, with no budget: what sending the whole history would cost."""

@@ -72,6 +72,12 @@ def int_tensor(name: str, value: int):
     return pb_utils.Tensor(name, np.array([[value]], dtype=np.int64))
 
 
+def bool_tensor(name: str, value: bool):
+    import triton_python_backend_utils as pb_utils
+
+    return pb_utils.Tensor(name, np.array([[value]], dtype=bool))
+
+
 def error_response(message: str):
     import triton_python_backend_utils as pb_utils
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-# Fixed namespace so that the same (tenant, conversation, turn) always maps to the same point id:
-# a retried commit overwrites instead of duplicating.
+# Fixed namespace so that the same (tenant, conversation, turn) always maps to the same point id: the
+# store claims a turn number by inserting that point only if it is free (store.TurnStore.add).
 _POINT_NAMESPACE = uuid.UUID("6f1d3b52-5a0e-4f5e-9a51-3c2b9f0e7d11")
 
 
@@ -14,11 +14,16 @@ _POINT_NAMESPACE = uuid.UUID("6f1d3b52-5a0e-4f5e-9a51-3c2b9f0e7d11")
 class Turn:
     tenant: str
     conversation_id: str
-    turn: int  # 1-based position in the conversation; every stored message is one turn
+    turn: int  # 1-based position in the conversation, given by the store when it is added (0 until then)
     role: str  # "user", "assistant", or a speaker's name for ingested history
     text: str
     timestamp: str = ""  # when it was said, as given (ISO-8601 or a session date); may be empty
     metadata: dict = field(default_factory=dict)
+    # A chat exchange's id, on its user turn and on its reply; empty for ingested history. A user turn
+    # whose exchange has no reply stored was interrupted before the reply was complete.
+    exchange: str = ""
+    reply_to: int = 0  # on a reply: the number of the user turn it answers
+    write_id: str = ""  # the store write that claimed this number (store.TurnStore.add)
 
     @property
     def point_id(self) -> str:
@@ -33,6 +38,9 @@ class Turn:
             "text": self.text,
             "timestamp": self.timestamp,
             "metadata": self.metadata,
+            "exchange": self.exchange,
+            "reply_to": self.reply_to,
+            "write_id": self.write_id,
         }
 
     @classmethod
@@ -45,10 +53,10 @@ class Turn:
             text=payload["text"],
             timestamp=payload.get("timestamp") or "",
             metadata=payload.get("metadata") or {},
+            exchange=payload.get("exchange") or "",
+            reply_to=int(payload.get("reply_to") or 0),
+            write_id=payload.get("write_id") or "",
         )
-
-    def to_json(self) -> dict:
-        return self.payload()
 
 
 @dataclass(frozen=True)

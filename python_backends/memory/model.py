@@ -1,9 +1,11 @@
 """Triton entry point of the `memory` model, the only owner of the turn store.
 
 It serves three kinds of request, told apart by which inputs are present:
-  * recall (chat step 2): conversation_id, tenant, message, query_embedding -> prompt, handle
-  * commit (chat step 4, once per llm response): memory_handle + llm_* tensors -> the chat outputs;
-    on the final response it stores the exchange before answering, so an acknowledged turn is durable
+  * recall (chat step 2): conversation_id, tenant, message, query_embedding -> prompt, handle. Reads only:
+    a request refused here (bad input, cancelled) or by llm (busy) leaves memory as it was.
+  * commit (chat step 4, once per llm response): memory_handle + llm_* tensors -> the chat outputs. The
+    first response stores the user turn, the final one the reply, each before it is sent on: a message is
+    stored once its answer begins, and a reply is durable before it is acknowledged.
   * a direct operation: operation (recall | ingest | export | delete) + ids + payload -> result (JSON);
     a recall's optional payload {"policy": ...} picks a reference policy for benchmarks (imem/recall.py)
 """
@@ -15,9 +17,11 @@ import triton_python_backend_utils as pb_utils
 
 from imem.backfill import VectorBackfill
 from imem.config import load
-from imem.memory import Memory, decode_handle, encode_handle
-from imem.store import open_store
-from imem.tensors import BadRequest, bytes_tensor, error_response, int_tensor, optional_input, text
+from imem.memory import Memory, decode_handle, encode_handle, handle_exchange
+from imem.metrics import MemoryMetrics
+from imem.orphans import die_with_server
+from imem.store import StoreUnavailable, open_store
+from imem.tensors import BadRequest, bytes_tensor, error_response, int_tensor, optional_input, scalar, text
 
 OPERATIONS = ("recall", "ingest", "export", "delete")
 
@@ -41,6 +45,7 @@ class TritonPythonModel:
     def initialize(self, args):
         from transformers import AutoTokenizer
 
+        die_with_server()  # a stub orphaned by a crash can hang in exit(): see imem/orphans.py
         config = load()
         tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
         self.store = open_store(config.memory, dim=config.embedder.dim)
@@ -50,6 +55,8 @@ class TritonPythonModel:
                                        linger=config.memory.backfill_linger_ms / 1000)
         self.memory = Memory(config.memory, self.store, tokenizer, self._embed, self.backfill)
         self.limits = config.memory
+        self.aborted: dict[str, None] = {}  # exchanges whose generation was asked to stop (oldest first)
+        self.metrics = MemoryMetrics(pb_utils, self.store.stats, interval=config.memory.metrics_interval_s)
 
     def execute(self, requests):
         responses = []
@@ -67,8 +74,13 @@ class TritonPythonModel:
                     output_tensors=[t for t in outputs if not wanted or t.name() in wanted]))
             except BadRequest as error:
                 responses.append(error_response(str(error)))
+            except StoreUnavailable as error:  # disk full, store gone: not the caller's fault, nothing written
+                pb_utils.Logger.log_error(f"memory unavailable: {error}")
+                self.metrics.record("imem_memory_write_failures_total")
+                responses.append(error_response(f"memory unavailable: {error}"))
             except Exception as error:  # never lose the batch: answer this request with the cause
                 pb_utils.Logger.log_error(f"memory failed: {error!r}")
+                self.metrics.record("imem_memory_write_failures_total")
                 responses.append(error_response(f"memory failed: {error}"))
         return responses
 
@@ -77,7 +89,10 @@ class TritonPythonModel:
                 text(request, "conversation_id", max_bytes=self.limits.max_id_bytes))
 
     def _recall(self, request):
+        if request.is_cancelled():
+            raise BadRequest("the request was cancelled")
         tenant, conversation_id = self._ids(request)
+        self.store.check_writable()  # refuse now, not after generating a reply that could not be stored
         message = text(request, "message", max_bytes=self.limits.max_message_bytes)
         system = text(request, "system", required=False, max_bytes=self.limits.max_message_bytes)
         vector = optional_input(request, "query_embedding")
@@ -85,28 +100,68 @@ class TritonPythonModel:
             raise BadRequest("'query_embedding' is required")
         vector = vector.reshape(-1).astype(np.float32)
         recall = self.memory.recall(tenant, conversation_id, message, vector, system)
+        self.metrics.record("imem_memory_recall_duration_ms", recall.recall_ms)
+        self.metrics.record("imem_memory_turns_recalled", len(recall.prompt.recalled) + len(recall.prompt.recent))
+        self.metrics.record("imem_memory_context_tokens", recall.prompt.context_tokens)
+        self.metrics.record("imem_memory_prompt_tokens", recall.prompt.tokens)
         return [
             bytes_tensor("prompt", recall.prompt.text),
             bytes_tensor("handle", encode_handle(recall, vector)),
         ]
 
     def _commit(self, request):
-        handle = decode_handle(text(request, "memory_handle"))
+        """One llm response of a chat generation. Most are passed through untouched; the first stores the
+        user turn, the final one the reply. It never fails a response that is not the final one: in Triton
+        2.51 an ensemble whose step fails while llm still streams never completes (the request stays in
+        flight until the server exits), so an error can only be told on the final response."""
+        raw = text(request, "memory_handle")
         finish_reason = text(request, "llm_finish_reason", required=False)
-        turn = 0
-        if finish_reason:
-            user, _ = self.memory.commit(handle["tenant"], handle["conversation_id"], handle["message"],
-                                         handle["vector"], text(request, "llm_completion", required=False))
-            turn = user.turn
-        completion_tokens = optional_input(request, "llm_output_tokens")
-        return [
-            bytes_tensor("text_output", text(request, "llm_text", required=False)),
-            bytes_tensor("finish_reason", finish_reason),
-            int_tensor("turn", turn),
-            int_tensor("prompt_tokens", int(handle["prompt_tokens"])),
-            int_tensor("completion_tokens", 0 if completion_tokens is None else int(completion_tokens.reshape(-1)[0])),
-            bytes_tensor("recalled", json.dumps(handle["recalled"]) if finish_reason else "[]"),
-        ]
+        first = bool(scalar(request, "llm_first_response", False))
+        outputs = [bytes_tensor("text_output", text(request, "llm_text", required=False)),
+                   bytes_tensor("finish_reason", finish_reason),
+                   int_tensor("completion_tokens", int(optional_input(request, "llm_output_tokens").reshape(-1)[0]))]
+        # The client went away (the ensemble marks the steps after its cancellation): store nothing more,
+        # and stop the generation, which Triton 2.51 does not tell llm about.
+        if request.is_cancelled():
+            if not finish_reason:
+                self._abort_generation(handle_exchange(raw))
+            return outputs + [int_tensor("turn", 0), int_tensor("reply_turn", 0), int_tensor("prompt_tokens", 0),
+                              bytes_tensor("recalled", "[]")]
+        if not first and not finish_reason:
+            return outputs + [int_tensor("turn", 0), int_tensor("reply_turn", 0), int_tensor("prompt_tokens", 0),
+                              bytes_tensor("recalled", "[]")]
+        handle = decode_handle(raw)
+        if not finish_reason:
+            try:
+                user = self.memory.store_message(handle)
+                self.metrics.record("imem_memory_turns_written_total")
+            except Exception as error:  # not an error here (see above): the final response stores it or fails
+                pb_utils.Logger.log_error(f"storing the message of {handle['exchange']} failed: {error!r}")
+                self.metrics.record("imem_memory_write_failures_total")
+                return outputs + [int_tensor("turn", 0), int_tensor("reply_turn", 0),
+                                  int_tensor("prompt_tokens", int(handle["prompt_tokens"])), bytes_tensor("recalled", "[]")]
+            return outputs + [int_tensor("turn", user.turn), int_tensor("reply_turn", 0),
+                              int_tensor("prompt_tokens", int(handle["prompt_tokens"])), bytes_tensor("recalled", "[]")]
+        user, reply = self.memory.store_reply(handle, text(request, "llm_completion", required=False), finish_reason,
+                                              int(optional_input(request, "llm_output_tokens").reshape(-1)[0]))
+        self.metrics.record("imem_memory_turns_written_total", 2 if first else 1)
+        return outputs + [int_tensor("turn", user.turn), int_tensor("reply_turn", reply.turn),
+                          int_tensor("prompt_tokens", int(handle["prompt_tokens"])),
+                          bytes_tensor("recalled", json.dumps(handle["recalled"]))]
+
+    def _abort_generation(self, exchange: str) -> None:
+        """Asks llm to stop generating for `exchange` (its `abort` input), once per exchange."""
+        if exchange in self.aborted:
+            return
+        self.aborted[exchange] = None
+        while len(self.aborted) > 1024:
+            self.aborted.pop(next(iter(self.aborted)))
+        abort = pb_utils.InferenceRequest(
+            model_name="llm", requested_output_names=[],
+            inputs=[pb_utils.Tensor("abort", np.array([[exchange.encode("ascii")]], dtype=np.object_))])
+        for response in abort.exec(decoupled=True):
+            if response.has_error():
+                pb_utils.Logger.log_warn(f"aborting the generation of {exchange} failed: {response.error().message()}")
 
     def _operation(self, request):
         operation = text(request, "operation")
@@ -118,6 +173,7 @@ class TritonPythonModel:
                                              **recall_options(text(request, "payload", required=False)))
         elif operation == "ingest":
             result = self.memory.ingest(tenant, conversation_id, text(request, "payload"))
+            self.metrics.record("imem_memory_turns_written_total", result["ingested"])
         elif operation == "export":
             result = self.memory.export(tenant, conversation_id)
         else:
@@ -143,4 +199,5 @@ class TritonPythonModel:
         # Triton allows no BLS call (the embedder) once unloading has begun: what is not embedded by now
         # stays stored without its vector and is embedded on the next start.
         self.backfill.close(timeout=0)
+        self.metrics.close()
         self.store.close()

@@ -42,9 +42,8 @@ def store(tmp_path):
 
 
 def fill(store, embedder, history=HISTORY, conversation="c", tenant="t"):
-    turns = [Turn(tenant, conversation, i + 1, role, text, when) for i, (role, text, when) in enumerate(history)]
-    store.append(turns, embedder.embed([t.text for t in turns]))
-    return turns
+    turns = [Turn(tenant, conversation, 0, role, text, when) for role, text, when in history]
+    return store.add(turns, embedder.embed([t.text for t in turns]))
 
 
 def memory(store, tokenizer, embedder, **settings):

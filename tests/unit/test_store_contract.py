@@ -1,19 +1,18 @@
 """One contract for both turn stores: Qdrant Edge (embedded) and qdrant-client (here on its local mode)."""
 
 import os
-import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
 
 import imem
-from imem.store import EdgeTurnStore, ServerTurnStore, TurnStore
+from imem.store import EdgeTurnStore, ServerTurnStore, StoreUnavailable, TurnStore
 from imem.turn import Turn
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
@@ -43,7 +42,7 @@ def embed():
 
 
 @pytest.fixture(params=["edge", "server"])
-def open_store(request, tmp_path):
+def open_store(request, tmp_path, local_qdrant):
     """Opens the store over the same folder each call, so a test can close and reopen it."""
     opened = []
 
@@ -51,7 +50,7 @@ def open_store(request, tmp_path):
         if request.param == "edge":
             store = EdgeTurnStore(tmp_path / "edge-shard", DIM)
         else:
-            store = ServerTurnStore(QdrantClient(path=str(tmp_path / "qdrant-local")), "turns", DIM)
+            store = ServerTurnStore(local_qdrant(tmp_path / "qdrant-local"), "turns", DIM)
         opened.append(store)
         return store
 
@@ -68,15 +67,14 @@ def store(open_store):
     return open_store()
 
 
-def make_turns(texts, tenant="t", conversation="c", start=1):
-    return [Turn(tenant, conversation, start + i, "user" if i % 2 == 0 else "assistant", text)
-            for i, text in enumerate(texts)]
+def make_turns(texts, tenant="t", conversation="c"):
+    """Unnumbered turns: the store numbers them when it adds them."""
+    return [Turn(tenant, conversation, 0, "user" if i % 2 == 0 else "assistant", text) for i, text in enumerate(texts)]
 
 
 def fill(store, embed, texts=TEXTS, **kw):
     turns = make_turns(texts, **kw)
-    store.append(turns, embed(t.text for t in turns))
-    return turns
+    return store.add(turns, embed(t.text for t in turns))
 
 
 def unit_vectors(n, seed=0):
@@ -84,13 +82,13 @@ def unit_vectors(n, seed=0):
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def test_latest_returns_the_last_n_turns_in_chronological_order(store, embed):
-    turns = make_turns(TEXTS)
-    vectors = embed(TEXTS)
-    store.append(turns[3:], vectors[3:])  # stored out of order: latest goes by turn number, not arrival
-    store.append(turns[:3], vectors[:3])
+def test_added_turns_are_numbered_in_order_and_latest_returns_the_last_n(store, embed):
+    first = fill(store, embed, TEXTS[:4])
+    second = fill(store, embed, TEXTS[4:])
+    assert [t.turn for t in first + second] == [1, 2, 3, 4, 5, 6]
+    assert [t.text for t in first + second] == TEXTS
     assert [t.turn for t in store.latest("t", "c", 3)] == [4, 5, 6]
-    assert store.latest("t", "c", 100) == turns
+    assert store.latest("t", "c", 100) == first + second
     assert store.latest("t", "c", 0) == []
     assert store.last_turn("t", "c") == 6
 
@@ -183,38 +181,76 @@ def test_delete_removes_one_conversation_only(store, embed):
 
 def test_export_returns_every_turn_in_order_across_pages(store):
     n = 2345
-    turns = make_turns([f"message number {i}" for i in range(1, n + 1)])
+    texts = [f"message number {i}" for i in range(1, n + 1)]
     vectors = unit_vectors(n)
-    order = list(range(n))
-    random.Random(0).shuffle(order)  # arrival order differs from turn order
+    turns = []
     for chunk in range(0, n, 500):
-        picked = order[chunk:chunk + 500]
-        store.append([turns[i] for i in picked], vectors[picked])
-    store.append(make_turns(["elsewhere"], conversation="other"), unit_vectors(1, seed=1))
-    assert store.export("t", "c") == turns
+        turns += store.add(make_turns(texts[chunk:chunk + 500]), vectors[chunk:chunk + 500])
+    store.add(make_turns(["elsewhere"], conversation="other"), unit_vectors(1, seed=1))
+    assert store.export("t", "c") == turns and [t.turn for t in turns] == list(range(1, n + 1))
     assert store.last_turn("t", "c") == n
     assert [t.turn for t in store.latest("t", "c", 3)] == [n - 2, n - 1, n]
     assert [t.turn for t in store.get("t", "c", [2000, 5, 5, n + 10])] == [5, 2000]
 
 
-def test_append_is_idempotent_per_turn_number(store, embed):
-    fill(store, embed)
-    fill(store, embed)
-    edited = "I adopted a grey cat named Biscuit last spring (edited)."
-    fill(store, embed, [edited])
+def test_add_never_overwrites_a_turn_another_writer_claimed_first(store, embed):
+    """A writer whose view of the conversation is stale (another replica wrote meanwhile) tries numbers
+    that are taken: it keeps the numbers it won for its first turns, in order, and claims more for the rest."""
+    theirs = fill(store, embed, TEXTS[:3])
+    real_last_turn = store.last_turn
+    stale = iter([1])  # the first read is stale: turns 2 and 3 look free
+    store.last_turn = lambda tenant, conversation: next(stale, None) or real_last_turn(tenant, conversation)
+    mine = store.add(make_turns(TEXTS[3:] + ["one more"]), embed(TEXTS[3:] + ["one more"]))
+    store.last_turn = real_last_turn
+    assert [t.turn for t in mine] == [4, 5, 6, 7]
     exported = store.export("t", "c")
-    assert [t.turn for t in exported] == list(range(1, len(TEXTS) + 1))
-    assert exported[0].text == edited
-    hits = store.similar("t", "c", embed(["grey cat"])[0], limit=10, threshold=-1.0)
-    assert len(hits) == len(TEXTS) and len({h.turn.turn for h in hits}) == len(TEXTS)
+    assert exported == theirs + mine
+    assert [t.text for t in exported] == TEXTS + ["one more"]
+    assert len({t.write_id for t in theirs}) == 1 and len({t.write_id for t in mine}) == 1
+    # The moved turns carry the vectors of their own text.
+    for turn in mine:
+        assert store.similar("t", "c", embed([turn.text])[0], 1)[0].turn == turn
 
 
-def test_append_rejects_vectors_that_do_not_match_the_turns(store):
+def test_concurrent_writers_get_unique_contiguous_numbers_in_their_own_order(store):
+    """Eight threads add to one conversation at once, single turns and blocks; nothing is lost or
+    overwritten, numbers run 1..N without gaps, and each writer's turns keep its order."""
+    writers, per_writer = 8, 12
+    vectors = unit_vectors(per_writer, seed=3)
+    errors = []
+
+    def write(w):
+        try:
+            sent = 0
+            while sent < per_writer:
+                size = 1 + (sent + w) % 3
+                texts = [f"writer {w} turn {i}" for i in range(sent, min(sent + size, per_writer))]
+                store.add(make_turns(texts), vectors[sent:sent + len(texts)])
+                sent += len(texts)
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    exported = store.export("t", "c")
+    assert [t.turn for t in exported] == list(range(1, writers * per_writer + 1))
+    for w in range(writers):
+        assert [t.text for t in exported if t.text.startswith(f"writer {w} ")] == \
+            [f"writer {w} turn {i}" for i in range(per_writer)]
+
+
+def test_add_rejects_vectors_that_do_not_match_the_turns(store):
     with pytest.raises(ValueError):
-        store.append(make_turns(TEXTS[:2]), unit_vectors(3))
+        store.add(make_turns(TEXTS[:2]), unit_vectors(3))
     with pytest.raises(ValueError):
-        store.append(make_turns(TEXTS[:2]), unit_vectors(2)[:, :100])
-    store.append([], np.zeros((0, DIM), dtype=np.float32))
+        store.add(make_turns(TEXTS[:2]), unit_vectors(2)[:, :100])
+    with pytest.raises(ValueError):
+        store.add(make_turns(TEXTS[:1]) + make_turns(TEXTS[1:2], conversation="other"), unit_vectors(2))
+    assert store.add([], np.zeros((0, DIM), dtype=np.float32)) == []
     assert store.last_turn("t", "c") == 0
 
 
@@ -237,8 +273,8 @@ def test_edge_keeps_every_acknowledged_turn_when_killed(tmp_path):
         store = EdgeTurnStore({str(tmp_path / 'edge-shard')!r}, {DIM})
         for i in range(1, 100_000):
             v = np.zeros((1, {DIM}), dtype=np.float32); v[0, i % {DIM}] = 1
-            store.append([Turn("t", "c", i, "user", f"turn {{i}}")], v)
-            print(i, flush=True)
+            stored = store.add([Turn("t", "c", 0, "user", f"turn {{i}}")], v)
+            print(stored[0].turn, flush=True)
     """)
     process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
     acknowledged = 0
@@ -264,3 +300,17 @@ def test_edge_folder_has_a_single_owner(tmp_path):
     assert "only one process may own it" in result.stderr and str(tmp_path / "edge-shard") in result.stderr
     store.close()
     subprocess.run([sys.executable, "-c", code], check=True, env=CHILD_ENV)  # free again once closed
+
+
+def test_a_store_on_a_read_only_disk_is_refused_by_name(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        EdgeTurnStore(disk / "shard", DIM).close()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(StoreUnavailable, match="is read-only"):
+            EdgeTurnStore(disk / "shard", DIM, create=False)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -1,5 +1,5 @@
-"""Replies stored before their dense vector: the store's write side (append without a vector, set_vector,
-missing_vectors) on both stores, the background VectorBackfill, and Memory.commit with it."""
+"""Replies stored before their dense vector: the store's write side (add without a vector, set_vector,
+missing_vectors) on both stores, and the background VectorBackfill."""
 
 import os
 import signal
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
 
 import imem
 from imem.backfill import VectorBackfill
@@ -31,21 +30,24 @@ def embed(embedder):
 
 
 @pytest.fixture(params=["edge", "server"])
-def store(request, tmp_path):
+def store(request, tmp_path, local_qdrant):
     s = EdgeTurnStore(tmp_path / "edge", DIM) if request.param == "edge" else \
-        ServerTurnStore(QdrantClient(":memory:"), "turns", DIM)
+        ServerTurnStore(local_qdrant(":memory:"), "turns", DIM)
     yield s
     s.close()
 
 
-def exchange(turn=1, conversation="c", reply="The cat is called Biscuit."):
-    return [Turn("t", conversation, turn, "user", "What is my cat called?"),
-            Turn("t", conversation, turn + 1, "assistant", reply)]
+def exchange(conversation="c", reply="The cat is called Biscuit."):
+    return [Turn("t", conversation, 0, "user", "What is my cat called?"), Turn("t", conversation, 0, "assistant", reply)]
+
+
+def add_exchange(store, embed, conversation="c", reply="The cat is called Biscuit."):
+    """Stores a question with its vector and a reply without one; returns both as stored."""
+    return store.add(exchange(conversation, reply), [embed(["What is my cat called?"])[0], None])
 
 
 def test_a_turn_stored_without_its_vector_is_kept_but_not_yet_similar(store, embed):
-    user, reply = exchange()
-    store.append([user, reply], [embed([user.text])[0], None])
+    user, reply = add_exchange(store, embed)
     assert [t.text for t in store.export("t", "c")] == [user.text, reply.text]
     assert [t.turn for t in store.latest("t", "c", 5)] == [1, 2]
     assert store.missing_vectors(10) == [reply]
@@ -59,8 +61,7 @@ def test_a_turn_stored_without_its_vector_is_kept_but_not_yet_similar(store, emb
 
 
 def test_set_vector_never_lands_on_a_turn_whose_text_changed_or_that_is_gone(store, embed):
-    user, reply = exchange()
-    store.append([user, reply], [embed([user.text])[0], None])
+    user, reply = add_exchange(store, embed)
     stale = Turn("t", "c", 2, "assistant", "an older text for the same turn")
     store.set_vector(stale, embed([stale.text])[0])
     assert store.missing_vectors(10) == [reply]  # untouched: the stored text is not the one embedded
@@ -69,18 +70,17 @@ def test_set_vector_never_lands_on_a_turn_whose_text_changed_or_that_is_gone(sto
     assert store.missing_vectors(10) == []
 
 
-def test_append_checks_vector_rows_even_with_missing_ones(store):
+def test_add_checks_vector_rows_even_with_missing_ones(store):
     with pytest.raises(ValueError):
-        store.append(exchange(), [np.zeros(DIM + 1, dtype=np.float32), None])
+        store.add(exchange(), [np.zeros(DIM + 1, dtype=np.float32), None])
     with pytest.raises(ValueError):
-        store.append(exchange(), [None])
+        store.add(exchange(), [None])
 
 
 def test_backfill_sets_submitted_vectors_in_the_background(store, embed):
     backfill = VectorBackfill(store, embed, log=lambda m: None, recover=False)
     for i in range(5):
-        user, reply = exchange(2 * i + 1, reply=f"reply {i}")
-        store.append([user, reply], [embed([user.text])[0], None])
+        user, reply = add_exchange(store, embed, reply=f"reply {i}")
         backfill.submit([reply])
     assert backfill.drain(10)
     assert store.missing_vectors(10) == [] and backfill.embedded == 5
@@ -96,8 +96,7 @@ def test_backfill_lingers_to_embed_replies_together_but_not_when_drained(store, 
 
     backfill = VectorBackfill(store, counting, log=lambda m: None, recover=False, linger=0.5)
     for i in range(4):
-        user, reply = exchange(2 * i + 1, reply=f"reply {i}")
-        store.append([user, reply], [embed([user.text])[0], None])
+        user, reply = add_exchange(store, embed, reply=f"reply {i}")
         backfill.submit([reply])
     deadline = time.monotonic() + 10
     while store.missing_vectors(10) and time.monotonic() < deadline:
@@ -105,8 +104,7 @@ def test_backfill_lingers_to_embed_replies_together_but_not_when_drained(store, 
     assert store.missing_vectors(10) == [] and batches == [4]
 
     backfill.linger = 600  # a caller that waits (shutdown, tests) never waits for the linger
-    user, reply = exchange(9, reply="the last reply")
-    store.append([user, reply], [embed([user.text])[0], None])
+    user, reply = add_exchange(store, embed, reply="the last reply")
     backfill.submit([reply])
     assert backfill.drain(5) and store.missing_vectors(10) == [] and batches == [4, 1]
     assert backfill.close()
@@ -114,7 +112,7 @@ def test_backfill_lingers_to_embed_replies_together_but_not_when_drained(store, 
 
 def test_backfill_recovers_what_a_previous_process_left_without_a_vector(store, embed):
     for i in range(3):
-        store.append(exchange(2 * i + 1, conversation=f"c{i}"), [embed(["u"])[0], None])
+        add_exchange(store, embed, conversation=f"c{i}")
     assert len(store.missing_vectors(10)) == 3
     backfill = VectorBackfill(store, embed, log=lambda m: None, batch_size=2)
     assert backfill.drain(10) and store.missing_vectors(10) == []
@@ -130,13 +128,29 @@ def test_backfill_retries_until_the_embedder_answers(store, embed):
             raise RuntimeError("embedder is not ready")
         return embed(texts)
 
-    user, reply = exchange()
-    store.append([user, reply], [embed([user.text])[0], None])
+    user, reply = add_exchange(store, embed)
     backfill = VectorBackfill(store, flaky, log=messages.append, retry_seconds=0.05, recover=False)
     backfill.submit([reply])
     assert backfill.drain(10)
     assert store.missing_vectors(10) == [] and len(calls) == 3
     assert any("retrying" in m for m in messages)
+    backfill.close()
+
+
+def test_recovery_retries_until_the_embedder_answers(store, embed):
+    """On start the embedder may not answer yet (Triton refuses calls until the models are loaded)."""
+    for i in range(3):
+        add_exchange(store, embed, conversation=f"c{i}")
+    calls = []
+
+    def late(texts):
+        calls.append(len(texts))
+        if len(calls) <= 2:
+            raise RuntimeError("BLS is only supported during the 'execute' function.")
+        return embed(texts)
+
+    backfill = VectorBackfill(store, late, log=lambda m: None, retry_seconds=0.05)
+    assert backfill.drain(10) and store.missing_vectors(10) == [] and len(calls) == 3
     backfill.close()
 
 
@@ -147,8 +161,7 @@ def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store, em
         blocked.wait(5)
         raise RuntimeError("embedder gone")
 
-    user, reply = exchange()
-    store.append([user, reply], [embed([user.text])[0], None])
+    user, reply = add_exchange(store, embed)
     backfill = VectorBackfill(store, stuck, log=lambda m: None, recover=False, retry_seconds=0.05)
     backfill.submit([reply])
     assert backfill.close(timeout=0.2) is False
@@ -163,7 +176,7 @@ def test_a_reply_stored_without_its_vector_survives_sigkill_and_is_recovered(tmp
         from imem.turn import Turn
         store = EdgeTurnStore({str(tmp_path / 'edge')!r}, {DIM})
         v = np.ones({DIM}, dtype=np.float32) / np.sqrt({DIM})
-        store.append([Turn("t", "c", 1, "user", "hi"), Turn("t", "c", 2, "assistant", "hello there")], [v, None])
+        store.add([Turn("t", "c", 0, "user", "hi"), Turn("t", "c", 0, "assistant", "hello there")], [v, None])
         print("acknowledged", flush=True)
         import time; time.sleep(60)
     """)
