@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imem_client.bench import BENCHMARKS
+from imem_bench import BENCHMARKS
 from imem_client.client import Client, ServiceError, default_url
 
 
@@ -22,42 +22,51 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args) -> int:
-    client = Client(args.url)
-    sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
-    if args.json:
-        reply = client.chat(args.conversation, args.message, args.tenant, sampling, stream=not args.no_stream)
-        print(json.dumps(reply.to_json(), ensure_ascii=False))
+    with Client(args.url) as client:
+        sampling = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature))
+                    if v is not None}
+        if args.json:
+            reply = client.chat(args.conversation, args.message, args.tenant, sampling, stream=not args.no_stream)
+            print(json.dumps(reply.to_json(), ensure_ascii=False))
+            return 0
+        for chunk in client.stream_chat(args.conversation, args.message, args.tenant, sampling,
+                                        stream=not args.no_stream):
+            print(chunk.text, end="", flush=True)
+            if chunk.final:
+                print(f"\n[turn {chunk.turn}, prompt {chunk.prompt_tokens} tokens, "
+                      f"{len(chunk.recalled)} turn(s) recalled]", file=sys.stderr)
+        print()
         return 0
-    for chunk in client.stream_chat(args.conversation, args.message, args.tenant, sampling, stream=not args.no_stream):
-        print(chunk.text, end="", flush=True)
-        if chunk.final:
-            print(f"\n[turn {chunk.turn}, prompt {chunk.prompt_tokens} tokens, "
-                  f"{len(chunk.recalled)} turn(s) recalled]", file=sys.stderr)
-    print()
-    return 0
 
 
 def cmd_memory(args) -> int:
-    client = Client(args.url)
-    if args.operation == "ingest":
-        source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-        with source:
-            result = client.ingest(args.conversation, source.read(), args.tenant)
-    elif args.operation == "recall":
-        result = client.recall(args.conversation, args.query, args.tenant)
-        if not args.json:
-            print(f"prompt tokens: {result['prompt_tokens']}")
-            for item in result["recalled"]:
-                print(f"recalled turn {item['turn']} ({item['score']:.3f}) {item['role']}: {item['text']}")
-            for item in result["recent"]:
-                print(f"recent   turn {item['turn']} {item['role']}: {item['text']}")
-            return 0
-    elif args.operation == "export":
-        result = client.export(args.conversation, args.tenant)
-    else:
-        result = client.delete(args.conversation, args.tenant)
-    print(json.dumps(result, ensure_ascii=False, indent=None if args.operation == "export" else 2))
-    return 0
+    with Client(args.url) as client:
+        if args.operation == "ingest":
+            raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+            try:
+                history = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CliError(f"{args.file}: not valid UTF-8 (byte {error.start})") from None
+            result = client.ingest(args.conversation, history, args.tenant)
+        elif args.operation == "recall":
+            result = client.recall(args.conversation, args.query, args.tenant)
+            if not args.json:
+                print(f"prompt tokens: {result['prompt_tokens']}")
+                for item in result["recalled"]:
+                    print(f"recalled turn {item['turn']} ({item['score']:.3f}) {item['role']}: {item['text']}")
+                for item in result["recent"]:
+                    print(f"recent   turn {item['turn']} {item['role']}: {item['text']}")
+                return 0
+        elif args.operation == "export":
+            result = client.export(args.conversation, args.tenant)
+        else:
+            result = client.delete(args.conversation, args.tenant)
+        print(json.dumps(result, ensure_ascii=False, indent=None if args.operation == "export" else 2))
+        return 0
+
+
+class CliError(Exception):
+    """Bad input the command line itself found; printed as `error: ...`, exit code 2."""
 
 
 class _Stop(Exception):
@@ -69,7 +78,7 @@ def _raise_stop(signum, frame):
 
 
 def cmd_serve(args) -> int:
-    from imem_client.server import TritonServer
+    from imem_serve.triton import TritonServer, supervise
 
     server = TritonServer(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           host=args.host)
@@ -90,7 +99,10 @@ def cmd_serve(args) -> int:
               + (f"  OpenAI   http://{os.environ.get('GATEWAY_HOST', '0.0.0.0')}:{args.gateway_port}/v1   (gateway)\n"
                  if gateway else "")
               + "Ctrl-C stops it.", flush=True)
-        return server.process.wait()
+        if not args.restart_on_failure:
+            return server.process.wait()
+        supervise(server, log=lambda message: print(message, flush=True))
+        return 0
     except _Stop:
         print("\nstopping Triton ...", flush=True)
         return 0
@@ -139,8 +151,35 @@ def _stop_gateway(gateway) -> None:
         gateway.kill()
 
 
+def cmd_store(args) -> int:
+    """Offline maintenance of the embedded store (imem/maintenance.py); the server must be stopped."""
+    from pathlib import Path
+
+    from imem import maintenance
+    from imem.config import load
+    from imem.store import StoreUnavailable
+
+    config = load()
+    data_dir = Path(args.data_dir or config.memory.data_dir)
+    try:
+        if args.operation == "backup":
+            copied = maintenance.backup(data_dir, Path(args.path))
+        elif args.operation == "restore":
+            copied = maintenance.restore(Path(args.path), data_dir)
+        elif args.operation == "compact":
+            copied = maintenance.compact(data_dir)
+        else:
+            from imem.embedding import Embedder
+
+            copied = maintenance.reembed(data_dir, Embedder(config.embedder).embed)
+    except StoreUnavailable as error:
+        raise CliError(str(error)) from None
+    print(f"{args.operation}: {copied} turns")
+    return 0
+
+
 def cmd_bench(args) -> int:
-    from imem_client.bench import run
+    from imem_bench import run
 
     return run(args.name, args.rest)
 
@@ -171,12 +210,26 @@ def main(argv: list[str] | None = None) -> int:
         _connection(operations.add_parser(name, help=text))
     memory.set_defaults(run=cmd_memory)
 
+    store = commands.add_parser("store", help="offline maintenance of the embedded memory store (server stopped)")
+    store_operations = store.add_subparsers(dest="operation", required=True)
+    for name, text in (("backup", "copy the store into PATH (a new folder)"),
+                       ("restore", "copy a backup at PATH into the data folder (which must hold no store)"),
+                       ("compact", "rewrite the store, leaving deleted turns off the disk"),
+                       ("reembed", "give every turn a new vector from the configured embedder (IMEM_EMBEDDER)")):
+        operation = store_operations.add_parser(name, help=text)
+        operation.add_argument("--data-dir", help="the store's data folder (default IMEM_DATA_DIR)")
+        if name in ("backup", "restore"):
+            operation.add_argument("path")
+    store.set_defaults(run=cmd_store)
+
     serve = commands.add_parser("serve", help="run tritonserver on the model repository (foreground)")
     serve.add_argument("--host", default=os.environ.get("IMEM_HOST", "0.0.0.0"))
     serve.add_argument("--http-port", type=int, default=int(os.environ.get("HTTP_PORT", 8000)))
     serve.add_argument("--grpc-port", type=int, default=int(os.environ.get("GRPC_PORT", 8001)))
     serve.add_argument("--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT", 8002)))
     serve.add_argument("--gateway", action="store_true", help="also run the OpenAI-compatible gateway")
+    serve.add_argument("--no-restart", dest="restart_on_failure", action="store_false",
+                       help="exit when tritonserver or one of its model processes dies, instead of starting it again")
     serve.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8080)))
     serve.set_defaults(run=cmd_serve)
 
@@ -198,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ServiceError as error:
+    except (ServiceError, CliError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file that cannot be read
+        print(f"error: {error.strerror}: {error.filename}" if error.filename else f"error: {error}", file=sys.stderr)
         return 2
 
 

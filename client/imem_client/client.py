@@ -28,7 +28,8 @@ class ServiceError(RuntimeError):
 class Chunk:
     text: str
     finish_reason: str = ""
-    turn: int = 0
+    turn: int = 0  # the stored user turn (from the first response on)
+    reply_turn: int = 0  # the stored reply (final response)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     recalled: list = field(default_factory=list)
@@ -43,6 +44,7 @@ class ChatReply:
     text: str
     conversation_id: str
     turn: int
+    reply_turn: int
     prompt_tokens: int
     completion_tokens: int
     recalled: list
@@ -54,6 +56,7 @@ class ChatReply:
             "text": self.text,
             "conversation_id": self.conversation_id,
             "turn": self.turn,
+            "reply_turn": self.reply_turn,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "recalled": [{"turn": r["turn"], "score": r["score"], "text": r["text"]} for r in self.recalled],
@@ -71,6 +74,7 @@ def _chunk_from(values: dict) -> Chunk:
         text=values.get("text_output", ""),
         finish_reason=values.get("finish_reason", ""),
         turn=int(values.get("turn", 0)),
+        reply_turn=int(values.get("reply_turn", 0)),
         prompt_tokens=int(values.get("prompt_tokens", 0)),
         completion_tokens=int(values.get("completion_tokens", 0)),
         recalled=json.loads(recalled) if isinstance(recalled, str) else recalled,
@@ -111,8 +115,8 @@ class Client:
             final = chunk if chunk.final else final
         if final is None:
             raise ServiceError("the stream ended without a final response")
-        return ChatReply("".join(parts), conversation_id, final.turn, final.prompt_tokens, final.completion_tokens,
-                         final.recalled, final.finish_reason, count)
+        return ChatReply("".join(parts), conversation_id, final.turn, final.reply_turn, final.prompt_tokens,
+                         final.completion_tokens, final.recalled, final.finish_reason, count)
 
     def stream_chat(self, conversation_id: str, message: str, tenant: str = "default",
                     sampling: dict | None = None, system: str = "", stream: bool = True) -> Iterator[Chunk]:
@@ -216,8 +220,17 @@ class Client:
             raise ServiceError(message) from None
         return json.loads(_scalar(result.as_numpy("result")))
 
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
+        # An HTTP connection left open holds up Triton's graceful stop for its whole exit timeout.
         self._client.close()
+        if self.protocol in ("http", "https"):
+            self._session.close()
 
 
 def _scalar(array):

@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
 from imem_gateway import translate
+from imem_gateway.body_limit import BodyLimit
 from imem_gateway.errors import ApiError, rate_limited, unauthorized, upstream
 from imem_gateway.keys import ApiKey, KeyRing
 from imem_gateway.ratelimit import RateLimiter
@@ -104,6 +105,7 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
     app = FastAPI(title="Infinite Memory Inference: OpenAI-compatible gateway", version="1",
                   lifespan=lifespan)
     app.state.gateway = gateway
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="an API key from IMEM_API_KEYS or IMEM_API_KEYS_FILE")
 
     async def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKey:
@@ -210,7 +212,8 @@ async def sse(replies: AsyncIterator[Reply], model: str, turn: ChatTurn) -> Asyn
         yield event(error.body())
         return
     yield event(translate.chunk(cid, model, created, {}, translate.finish_reason(final.finish_reason), **usage,
-                                memory=translate.memory_field(turn.conversation_id, final.turn, final.recalled)))
+                                memory=translate.memory_field(turn.conversation_id, final.turn, final.reply_turn,
+                                                              final.recalled)))
     if turn.include_usage:
         yield event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                      "system_fingerprint": None, "choices": [],

@@ -42,3 +42,8 @@ def upstream(status: int, message: str) -> ApiError:
     """Triton failed (502) or cannot be reached (503): not the caller's fault."""
     return ApiError(status, message, type="server_error", code="upstream_unavailable" if status == 503 else
                     "upstream_error")
+
+
+def overloaded(message: str, retry_after: int = 1) -> ApiError:
+    """Triton refused the request for capacity (503 with Retry-After, as OpenAI answers when overloaded)."""
+    return ApiError(503, message, type="server_error", code="server_overloaded", headers={"Retry-After": str(retry_after)})

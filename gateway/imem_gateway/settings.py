@@ -36,6 +36,8 @@ class Settings:
     requests_per_minute: int = field(default_factory=lambda: _int("IMEM_RATE_LIMIT_RPM", 600))
     tokens_per_minute: int = field(default_factory=lambda: _int("IMEM_RATE_LIMIT_TPM", 200_000))
     timeout: float = field(default_factory=lambda: float(_int("IMEM_GATEWAY_TIMEOUT", 300)))
+    # Larger request bodies are refused (413) before they are read: a whole resent history fits easily.
+    max_body_bytes: int = field(default_factory=lambda: _int("IMEM_GATEWAY_MAX_BODY_BYTES", 4 * 2**20))
 
     @property
     def triton_address(self) -> str:

@@ -117,9 +117,9 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def memory_field(conversation: str, turn: int, recalled: list) -> dict:
-    """Our extra field: which stored turn this exchange became and what memory put in the prompt."""
-    return {"conversation_id": conversation, "turn": turn,
+def memory_field(conversation: str, turn: int, reply_turn: int, recalled: list) -> dict:
+    """Our extra field: which stored turns this exchange became and what memory put in the prompt."""
+    return {"conversation_id": conversation, "turn": turn, "reply_turn": reply_turn,
             "recalled": [{k: r.get(k) for k in ("turn", "role", "text", "score", "timestamp")} for r in recalled]}
 
 
@@ -130,7 +130,7 @@ def completion(cid: str, model: str, text: str, final, conversation: str) -> dic
                      "logprobs": None, "finish_reason": finish_reason(final.finish_reason)}],
         "usage": usage(final.prompt_tokens, final.completion_tokens),
         "system_fingerprint": None,
-        "memory": memory_field(conversation, final.turn, final.recalled),
+        "memory": memory_field(conversation, final.turn, final.reply_turn, final.recalled),
     }
 
 

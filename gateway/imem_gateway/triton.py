@@ -16,7 +16,7 @@ import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
-from imem_gateway.errors import ApiError, bad_request, not_found, upstream
+from imem_gateway.errors import ApiError, bad_request, not_found, overloaded, upstream
 
 # Our backends prefix their own failures this way; any other error a model returns is a rejected request.
 SERVER_FAILURES = ("generation failed", "memory failed", "embedder failed", "embedder:")
@@ -30,6 +30,7 @@ class Reply:
     text: str
     finish_reason: str = ""
     turn: int = 0
+    reply_turn: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     recalled: list = field(default_factory=list)
@@ -46,8 +47,8 @@ def _value(result, name: str):
 def _reply(result) -> Reply:
     values = {o.name: _value(result, o.name) for o in result.get_response().outputs}
     return Reply(values.get("text_output") or "", values.get("finish_reason") or "", int(values.get("turn") or 0),
-                 int(values.get("prompt_tokens") or 0), int(values.get("completion_tokens") or 0),
-                 json.loads(values.get("recalled") or "[]"))
+                 int(values.get("reply_turn") or 0), int(values.get("prompt_tokens") or 0),
+                 int(values.get("completion_tokens") or 0), json.loads(values.get("recalled") or "[]"))
 
 
 def _inputs(fields: dict) -> list:
@@ -69,6 +70,8 @@ def model_error(message: str) -> ApiError:
     text = message.split("in ensemble 'chat', ", 1)[-1].strip()
     if any(marker in text for marker in SERVER_FAILURES):
         return upstream(502, f"the model server failed: {text}")
+    if text.startswith("busy:"):  # llm's back-pressure: nothing was stored for the request
+        return overloaded(f"the model server is at capacity ({text.removeprefix('busy:').strip()})")
     if "unknown conversation" in text:
         return not_found(text, code="conversation_not_found")
     if "not ready" in text or "unavailable" in text.lower() or "unknown model" in text:  # models not loaded

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imem_client.client import Client
-from imem_client.server import TritonServer
+from imem_serve.triton import TritonServer
 
 
 def _free_port() -> int:
@@ -21,12 +21,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Every test server refreshes memory's gauges (store size, turns waiting for a vector) every 0.5 s.
+SESSION_ENV = {"IMEM_METRICS_INTERVAL_S": "0.5"}
+
+
 class RunningService:
-    def __init__(self, data_dir: Path, log_path: Path):
+    def __init__(self, data_dir: Path, log_path: Path, env: dict | None = None):
         self.data_dir = data_dir
+        self.log_path = log_path
         self.server = TritonServer(http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
                                    host="127.0.0.1", log_path=log_path,
-                                   env={"IMEM_DATA_DIR": str(data_dir)})
+                                   env={"IMEM_DATA_DIR": str(data_dir), **SESSION_ENV, **(env or {})})
 
     @property
     def grpc_url(self) -> str:
@@ -48,17 +53,41 @@ class RunningService:
     def client(self, protocol: str = "grpc") -> Client:
         return Client(self.grpc_url if protocol == "grpc" else self.http_url)
 
+    def metric(self, name: str) -> float:
+        """A value on Triton's metrics port (0 when the metric has not been set yet)."""
+        import re
+        import urllib.request
 
-@pytest.fixture(scope="session")
-def service(dev_model_path):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=10).read()
+        match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body.decode(), re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_service(env: dict | None = None, data_dir: Path | None = None) -> RunningService:
+    """A new server with its own data folder (or `data_dir`) and log."""
     workdir = Path(tempfile.mkdtemp(prefix="imem-it-"))
-    running = RunningService(workdir / "data", workdir / "triton.log")
+    running = RunningService(data_dir or workdir / "data", workdir / "triton.log", env)
     try:
         running.start()
     except Exception:
         running.server.kill()
-        print((workdir / "triton.log").read_text()[-5000:])
+        print(running.log()[-5000:])
         raise
+    return running
+
+
+@pytest.fixture(scope="session")
+def new_service(dev_model_path):
+    """start_service, for tests that need a server of their own (faults that break it)."""
+    return start_service
+
+
+@pytest.fixture(scope="session")
+def service(dev_model_path):
+    running = start_service()
     yield running
     running.server.stop()
 

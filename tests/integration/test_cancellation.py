@@ -1,27 +1,19 @@
-"""A client that cancels mid-stream aborts the vLLM request (seen on Triton's metrics port)."""
+"""A client that cancels mid-stream: the generation stops, nothing stays in flight, and memory keeps the
+message (its answer had begun) without a reply."""
 
 import queue
-import re
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 
-def _metric(service, name: str) -> float:
-    url = f"http://127.0.0.1:{service.server.metrics_port}/metrics"
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def _bytes(value: str) -> np.ndarray:
     return np.array([[value.encode()]], dtype=np.object_)
 
 
-def _start_and_cancel(service, model: str, tensors: dict) -> None:
+def _start_and_cancel(service, model: str, tensors: dict, responses_first: int = 3) -> None:
     client = grpcclient.InferenceServerClient(service.grpc_url.removeprefix("grpc://"))
     inputs = []
     for name, array in tensors.items():
@@ -31,28 +23,58 @@ def _start_and_cancel(service, model: str, tensors: dict) -> None:
     responses = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     client.async_stream_infer(model, inputs)
-    for _ in range(3):  # a few tokens arrive, then the client walks away
+    for _ in range(responses_first):  # a few tokens arrive, then the client walks away
         result, error = responses.get(timeout=60)
         assert error is None, error
     client.stop_stream(cancel_requests=True)
     client.close()
 
 
+def _idle(service, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and service.metric("imem_llm_requests_running") > 0:
+        time.sleep(0.1)
+    return service.metric("imem_llm_requests_running") == 0
+
+
+LONG = '{"max_tokens": 1500, "ignore_eos": true}'
+
+
 def test_cancelling_an_llm_stream_aborts_the_vllm_request(service):
-    """Triton 2.51 passes a gRPC stream cancellation on to the model only some of the time (seen: 2 of 3
-    tries), so the client cancels up to five generations; each one the model is told about must be
-    aborted in vLLM at once, long before its 1,500 tokens, and nothing may be left running."""
+    """Triton 2.51 passes a gRPC stream cancellation on to a decoupled model called directly only some of
+    the time (seen: 2 of 3 tries), so the client cancels up to five generations; each one the model is
+    told about must be aborted in vLLM at once, long before its 1,500 tokens, and nothing may be left
+    running."""
     tensors = {"text_input": _bytes("Tell me everything."), "stream": np.array([[True]]),
-               "sampling_parameters": _bytes('{"max_tokens": 1500, "ignore_eos": true}')}
-    before = _metric(service, "imem_llm_requests_cancelled_total")
+               "sampling_parameters": _bytes(LONG)}
+    before = service.metric("imem_llm_requests_cancelled_total")
     for _ in range(5):
-        tokens_before = _metric(service, "imem_llm_generated_tokens_total")
+        tokens_before = service.metric("imem_llm_generated_tokens_total")
         _start_and_cancel(service, "llm", tensors)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _metric(service, "imem_llm_requests_running") > 0:
-            time.sleep(0.1)
-        assert _metric(service, "imem_llm_requests_running") == 0
-        if _metric(service, "imem_llm_requests_cancelled_total") > before:
-            assert _metric(service, "imem_llm_generated_tokens_total") - tokens_before < 1500
+        assert _idle(service)
+        if service.metric("imem_llm_requests_cancelled_total") > before:
+            assert service.metric("imem_llm_generated_tokens_total") - tokens_before < 1500
             return
     pytest.fail("no cancellation reached the llm model in 5 tries")
+
+
+def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(service, client):
+    """Through the chat ensemble every cancellation is seen: Triton marks the steps after it cancelled,
+    memory passes them through (a failed step would leave the whole chat in flight in Triton 2.51) and
+    tells llm to stop."""
+    conversation = "cancelled-chat"
+    for attempt in range(3):
+        cancelled, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
+                                                               "imem_llm_generated_tokens_total"))
+        _start_and_cancel(service, "chat", {"conversation_id": _bytes(conversation),
+                                            "message": _bytes(f"Tell me a very long story, take {attempt}."),
+                                            "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)})
+        assert _idle(service)
+        assert service.metric("imem_llm_requests_cancelled_total") == cancelled + 1
+        assert service.metric("imem_llm_generated_tokens_total") - tokens < 1500
+    turns = client.export(conversation)["turns"]
+    assert [(t["turn"], t["role"], t["answered"]) for t in turns] == [(1, "user", False), (2, "user", False),
+                                                                      (3, "user", False)]
+    # The conversation goes on: the next exchange is whole and numbered after the interrupted ones.
+    reply = client.chat(conversation, "Just say hello then.", sampling={"max_tokens": 4})
+    assert (reply.turn, reply.reply_turn) == (4, 5)

@@ -2,7 +2,7 @@
 
 import json
 
-from imem_client.bench import loadtest
+from imem_bench import loadtest
 
 
 def test_a_short_locust_run_of_both_protocols_has_no_failures(service, tmp_path):
@@ -15,4 +15,4 @@ def test_a_short_locust_run_of_both_protocols_has_no_failures(service, tmp_path)
         assert protocol["turns"] > 0 and protocol["tokens_per_s"] > 0
         assert 0 < protocol["time_to_first_token"]["p50_ms"] <= protocol["latency"]["p99_ms"]
     assert code == 0
-    assert (tmp_path / "report.html").stat().st_size > 0 and (tmp_path / "locust_stats.csv").exists()
+    assert (tmp_path / "locust-report.html").stat().st_size > 0 and (tmp_path / "locust_stats.csv").exists()

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from imem_client.bench.loadtest import summarize, table
-from imem_client.synthetic import Conversation, history
+from imem_bench.loadtest import summarize, table
+from imem_bench.synthetic import Conversation, history
 
 HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
           "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"

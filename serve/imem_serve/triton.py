@@ -5,11 +5,14 @@ Used by `imem serve` (and so `make serve`) and by the integration tests, so both
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,10 @@ OUR_BACKENDS = ("embedder", "memory", "llm")
 # only the inference, health and metadata endpoints are reachable. Every restricted endpoint needs
 # the header `imem-admin: <IMEM_ADMIN_KEY>`.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+SHM = "/dev/shm"
+# What a killed server leaves there: its stubs' regions, and the Python shared memory and semaphores
+# of vLLM's engine.
+SHM_KINDS = ("triton_", "psm_", "sem.loky-")
 
 
 def _pytriton_dir() -> Path:
@@ -84,6 +91,11 @@ class TritonServer:
     process: subprocess.Popen | None = None
     # Another repository of the same models (e.g. a benchmark's variant of one config); default ours.
     model_repository: Path = MODEL_REPOSITORY
+    # Seconds tritonserver waits for requests in flight when asked to stop, before it exits regardless.
+    # Triton 2.51 first spends up to this long waiting for open HTTP connections (idle keep-alive ones
+    # too) to close, then gives what is left to the requests in flight.
+    exit_timeout: int = 20
+    shm_before: set = field(default_factory=set)  # /dev/shm when this server started
 
     def command(self) -> list[str]:
         build_dir = REPO_ROOT / ".build"
@@ -100,7 +112,7 @@ class TritonServer:
             f"--http-address={self.host}",
             f"--grpc-address={self.host}",
             "--log-verbose=0",
-            "--exit-timeout-secs=20",
+            f"--exit-timeout-secs={self.exit_timeout}",
         ]
         restricted = ",".join(RESTRICTED_APIS)
         cmd.append(f"--http-restricted-api={restricted}:imem-admin={admin}")
@@ -108,7 +120,9 @@ class TritonServer:
         return cmd
 
     def start(self) -> "TritonServer":
+        self.shm_before = set(os.listdir(SHM))
         out = open(self.log_path, "ab") if self.log_path else None
+        # Its own process group: the stubs and vLLM's engine processes are in it, and nothing else.
         self.process = subprocess.Popen(
             self.command(), env=server_environment(self.env), stdout=out, stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
@@ -123,7 +137,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with code {self.process.returncode} before it was ready"
-                                   + (f"; see {self.log_path}" if self.log_path else ""))
+                                   + self._load_errors())
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -131,26 +145,103 @@ class TritonServer:
             except OSError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s")
+        raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s" + self._load_errors())
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Graceful stop: SIGTERM to tritonserver (it unloads every model), then reap what is left."""
+    def stubs(self) -> dict[str, int]:
+        """Model instance (memory_0_0, llm_0_0, embedder_0_1, ...) -> pid of its Python stub process."""
+        found = {}
+        for pid in group_members(self.process.pid) if self.process else []:
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+                if any(a.endswith("triton_python_backend_stub") for a in argv):
+                    found.update({a: pid for a in argv if re.fullmatch(rf"({'|'.join(OUR_BACKENDS)})_\d+_\d+", a)})
+        return found
+
+    def _load_errors(self) -> str:
+        """Why models failed to load, from the log (Triton 2.51 may then die of SIGSEGV while cleaning up,
+        so the exit code alone says nothing)."""
+        if not self.log_path or not Path(self.log_path).exists():
+            return ""
+        failures = re.findall(r'failed to load \'(\w+)\' version \d+: (.*?)(?:\\n|"$)',
+                              Path(self.log_path).read_text(errors="replace"), re.MULTILINE)
+        found = dict(failures)  # the last failure of each model
+        return "".join(f"\n  model {name!r} failed to load: {why}" for name, why in found.items()) + \
+            f"\n  (log: {self.log_path})"
+
+    def stop(self) -> None:
+        """Graceful stop: SIGTERM to tritonserver (it finishes what is in flight, then unloads every model),
+        then whatever of its process group is left is killed. Triton 2.51 can hang in exit() after its exit
+        timeout ran out with requests still in flight: it gets ten more seconds, then SIGKILL."""
         if self.process is None:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=timeout)
+                self.process.wait(timeout=self.exit_timeout + 10)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
 
     def kill(self) -> None:
-        """Hard stop: SIGKILL the server and its stub processes (what a crash looks like)."""
+        """Hard stop, what a crash looks like: SIGKILL to tritonserver and every process of its group (the
+        stubs, vLLM's engine). Returns once none of them is left, so that a server started next finds the
+        data folder free; then removes the shared memory the killed processes could not."""
         if self.process is None:
             return
-        try:  # the group holds our stubs and vLLM's engine process, nothing else
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
         self.process.wait()
+        deadline = time.monotonic() + 30
+        while group_members(group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remove_unused_shared_memory(set(os.listdir(SHM)) - self.shm_before)
+
+
+def remove_unused_shared_memory(names: set[str]) -> None:
+    """Removes those of `names` in /dev/shm that are Triton stub regions or Python shared memory (vLLM's
+    engine queues) and that no live process maps: a killed process cannot unlink its own."""
+    names = {n for n in names if n.startswith(SHM_KINDS)}
+    if not names:
+        return
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped.update(line.rsplit("/dev/shm/", 1)[1].split(" ")[0] for line in maps.read_text().splitlines()
+                          if "/dev/shm/" in line)
+    for name in names - mapped:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(SHM, name))
+
+
+def group_members(group: int) -> list[int]:
+    """Processes of a process group that have not exited (zombies left for init to reap are not counted:
+    they hold no file and no memory)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
+def supervise(server: TritonServer, log=print, interval: float = 1.0, stop=None) -> None:
+    """Keeps `server` serving until interrupted (or `stop`, a threading.Event, is set): when tritonserver
+    exits, or one of its model processes dies (Triton 2.51 does not restart a dead stub: every request on
+    that model fails from then on), the whole server is killed and started again on the same data."""
+    stop = stop or threading.Event()
+    expected = set(server.stubs())
+    while not stop.wait(interval):
+        code = server.process.poll()
+        gone = expected - set(server.stubs()) if code is None else set()
+        if code is None and not gone:
+            continue
+        log(f"tritonserver exited with code {code}" if code is not None else
+            f"model process(es) {', '.join(sorted(gone))} died")
+        log("starting tritonserver again on the same data ...")
+        server.kill()
+        server.start()
+        server.wait_ready(timeout=600)
+        expected = set(server.stubs())
+        log("tritonserver is ready again")

@@ -1,0 +1,149 @@
+"""Faults injected into real servers of their own: a model process killed (the supervisor of `imem serve`
+starts the server again), vLLM's engine killed mid-stream, the embedder gone while replies wait for their
+vectors, a full disk, and a data folder that lost its store. Each time the client gets an error that names
+the problem, and nothing acknowledged is lost."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imem_client.client import ServiceError
+from imem_serve.triton import group_members, supervise
+
+
+def wait_for(condition, seconds: float = 120, step: float = 0.5) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+@pytest.fixture(scope="module")
+def supervised(new_service):
+    """A server of its own (replies wait 60 s to be embedded), kept serving by `imem serve`'s supervisor."""
+    running = new_service({"IMEM_BACKFILL_LINGER_MS": "60000"})
+    stop, restarts = threading.Event(), []
+    thread = threading.Thread(target=supervise, args=(running.server,),
+                              kwargs={"log": restarts.append, "stop": stop, "interval": 0.5}, daemon=True)
+    thread.start()
+    running.restarts = restarts
+    yield running
+    stop.set()
+    thread.join(timeout=30)
+    running.server.stop()
+
+
+def test_the_embedder_gone_while_replies_wait_for_vectors_loses_nothing(supervised):
+    client = supervised.client()
+    replies = [client.chat("waiting", f"Note {i}: the boiler was serviced in March.", sampling={"max_tokens": 4})
+               for i in range(3)]
+    assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 3, 30)
+    for name, pid in supervised.server.stubs().items():
+        if name.startswith("embedder_"):
+            os.kill(pid, signal.SIGKILL)
+    # Everything stored can still be read; the supervisor notices the dead processes and restarts the
+    # server, whose memory model embeds what was left waiting.
+    assert wait_for(lambda: any("starting tritonserver again" in line for line in supervised.restarts), 30)
+    assert wait_for(lambda: any("ready again" in line for line in supervised.restarts), 300)
+    client = supervised.client()
+    turns = client.export("waiting")["turns"]
+    assert [t["text"] for t in turns if t["role"] == "assistant"] == [r.text for r in replies]
+    assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 0, 60)
+    # Found by similarity now, not only as a recent turn.
+    assert client.recall("waiting", "boiler")["recalled"]
+
+
+def test_a_killed_memory_process_is_replaced_and_keeps_every_turn(supervised):
+    client = supervised.client()
+    before = [client.chat("survivor", f"Fact {i}: the spare key is under pot {i}.", sampling={"max_tokens": 4})
+              for i in range(3)]
+    readies = sum("ready again" in line for line in supervised.restarts)
+    os.kill(supervised.server.stubs()["memory_0_0"], signal.SIGKILL)
+    # Triton names the dead stub, unless the supervisor is already stopping the server (the stream is cut).
+    with pytest.raises(ServiceError, match="not healthy|memory|Socket closed|failed to connect"):
+        client.chat("survivor", "Are you there?", sampling={"max_tokens": 4})
+    assert wait_for(lambda: sum("ready again" in line for line in supervised.restarts) > readies, 300)
+    client = supervised.client()
+    reply = client.chat("survivor", "Back again.", sampling={"max_tokens": 4})
+    turns = client.export("survivor")["turns"]
+    assert [t["text"] for t in turns if t["role"] == "assistant"][:3] == [r.text for r in before]
+    assert (reply.turn, reply.reply_turn) == (len(turns) - 1, len(turns))
+
+
+@pytest.fixture(scope="module")
+def engine_service(new_service):
+    running = new_service()
+    yield running
+    running.server.stop()
+
+
+def test_a_dead_vllm_engine_fails_the_stream_with_an_error_and_is_started_again(engine_service):
+    client = engine_service.client()
+    client.chat("engine", "First, something short.", sampling={"max_tokens": 4})
+    engine = next(pid for pid in group_members(engine_service.server.process.pid)
+                  if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::EngineCore"))
+    chunks = []
+    with pytest.raises(ServiceError, match="generation failed"):
+        for chunk in client.stream_chat("engine", "Now tell me a very long story.",
+                                        sampling={"max_tokens": 1500, "ignore_eos": True}):
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                os.kill(engine, signal.SIGKILL)
+    turns = engine_service.client().export("engine")["turns"]
+    # The interrupted message is kept, marked unanswered; no partial reply was stored as whole.
+    assert [(t["role"], t.get("answered")) for t in turns] == [("user", True), ("assistant", None),
+                                                               ("user", False)]
+    assert wait_for(lambda: engine_service.metric("imem_llm_engine_restarts_total") == 1, 300)
+    reply = engine_service.client().chat("engine", "Still there?", sampling={"max_tokens": 4})
+    assert (reply.turn, reply.reply_turn) == (4, 5)
+
+
+def mounted_tmpfs(path: Path, megabytes: int) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    return result.returncode == 0
+
+
+def test_a_full_disk_refuses_new_turns_with_a_named_error_and_keeps_the_rest(new_service, tmp_path):
+    disk = tmp_path / "disk"
+    if not mounted_tmpfs(disk, 600):
+        pytest.skip("needs permission to mount a small tmpfs as the data disk")
+    try:
+        running = new_service({"IMEM_MIN_FREE_DISK_MB": "200"}, data_dir=disk / "data")
+        try:
+            client = running.client()
+            kept = client.chat("full", "Remember: the gate code is 2580.", sampling={"max_tokens": 4})
+            filler = disk / "filler"
+            with open(filler, "wb") as f:  # leave 100 MB: below the 200 MB memory needs to write
+                f.truncate(0)
+                f.write(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - 100 * 2**20))
+            for attempt in ("Another fact: the car is blue.", "And one more."):
+                with pytest.raises(ServiceError, match="disk of the memory store .* is full"):
+                    client.chat("full", attempt, sampling={"max_tokens": 4})
+            with pytest.raises(ServiceError, match="is full"):
+                client.ingest("full", [{"role": "user", "text": "history"}])
+            turns = client.export("full")["turns"]  # reads still work, and nothing was written
+            assert [t["text"] for t in turns] == ["Remember: the gate code is 2580.", kept.text]
+            filler.unlink()
+            reply = client.chat("full", "Room again?", sampling={"max_tokens": 4})
+            assert (reply.turn, reply.reply_turn) == (3, 4)
+        finally:
+            running.server.stop()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_data_folder_without_its_store_is_refused_at_start_never_reset(new_service, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()  # exists, but empty: an unmounted volume, or a store someone deleted
+    with pytest.raises(RuntimeError, match="model 'memory' failed to load: .*no memory store at"):
+        new_service(data_dir=data)
+    assert list(data.iterdir()) == [], "an empty store was created in place of the missing one"
