@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model clean loadtest aiperf perf-analyzer bench bench-quick
+.PHONY: serve test unit integration venv dev-model clean loadtest aiperf perf-analyzer bench bench-quick crash soak backpressure deploy-check
 
 venv: $(VENV)/.installed
 
@@ -82,3 +82,18 @@ bench: venv dev-model
 	$(VENV)/bin/imem bench scale $(BENCH_ARGS)
 	$(VENV)/bin/imem bench prompt-cost $(BENCH_ARGS)
 	$(VENV)/bin/imem bench embedder $(BENCH_ARGS)
+
+# Reliability (README "Guarantees"). Each starts its own server on free ports and writes results/<name>.json.
+ROUNDS  ?= 50
+MINUTES ?= 20
+crash: venv dev-model
+	$(VENV)/bin/imem bench crash --rounds $(ROUNDS)
+soak: venv dev-model
+	$(VENV)/bin/imem bench soak --minutes $(MINUTES)
+backpressure: venv dev-model
+	$(VENV)/bin/imem bench backpressure
+
+# Offline checks of docker/ and deploy/ with real linters (hadolint, helm, kubeconform; installed under .build/deploy-tools).
+deploy-check:
+	deploy/install-tools.sh
+	deploy/check.sh

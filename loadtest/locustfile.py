@@ -8,7 +8,8 @@ last turn the user starts a new conversation. Two kinds of user, both streaming 
 
 Each chat turn is reported as two Locust entries, "<protocol> chat: first token" (time to the first
 non-empty text chunk) and "<protocol> chat: full response" (time to the final response; its content
-size is the number of completion tokens, so tokens/s = requests/s x average content size). A third,
+size is the number of completion tokens, so tokens/s = requests/s x average content size), or as one,
+"<protocol> chat: refused (busy)", when the server refused it for capacity (a failure). A third,
 "<protocol> memory: fact recalled", is a check and never a failure: content size 1 when the turn that
 stated the fact asked about came back in `recalled`, else 0 (so its average is the hit rate).
 
@@ -32,7 +33,7 @@ from itertools import count
 
 from locust import HttpUser, User, between, constant, task
 
-from imem_client.synthetic import Conversation
+from imem_bench.synthetic import Conversation
 
 MAX_TOKENS = int(os.environ.get("IMEM_LOADTEST_MAX_TOKENS", "32"))
 TURNS = int(os.environ.get("IMEM_LOADTEST_TURNS", "10"))
@@ -95,6 +96,9 @@ class ChatTurns:
                     asks_about: str | None):
         done = time.perf_counter()
         name = f"{self.protocol} chat"
+        if error is not None and "busy:" in str(error):  # back-pressure: refused before generating
+            self.report(f"{name}: refused (busy)", (done - start) * 1000, error=error)
+            return
         if error is None and final is None:
             error = RuntimeError("the stream ended without a final response")
         if error is None and first is None:

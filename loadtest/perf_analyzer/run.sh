@@ -19,7 +19,7 @@ export LD_LIBRARY_PATH="${CUDART}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # One conversation with history for recall to search (memory ingest through the imem CLI).
 .venv/bin/python - "$OUT/history.jsonl" <<'PY'
 import json, random, sys
-from imem_client.synthetic import history
+from imem_bench.synthetic import history
 with open(sys.argv[1], "w") as f:
     for line in history(random.Random(0), 200):
         f.write(json.dumps(line) + "\n")

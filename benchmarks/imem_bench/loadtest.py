@@ -1,0 +1,171 @@
+"""`imem bench loadtest`: a headless Locust run of loadtest/locustfile.py against a running server, then a
+short summary of Locust's CSV: turns/s, tokens/s, time to first token and full-response latency
+(p50/p95/p99), failures, and how often the fact a question asked about was recalled.
+
+    imem bench loadtest --users 8 --duration 60s            # what `make loadtest` runs
+    imem bench loadtest --quick                              # 2 users, 15 s
+
+Locust runs in its own process (it monkey-patches with gevent). Its CSV files and HTML report, the
+summary (summary.json, summary.md) and the exact command go to --out (default results/loadtest/<time>).
+`imem bench soak` and `imem bench backpressure` run Locust through the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
+USER_CLASSES = {"grpc": ["GrpcChatUser"], "http": ["HttpChatUser"], "both": ["GrpcChatUser", "HttpChatUser"]}
+PROTOCOLS = ("grpc", "http")
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _latency(row: dict | None) -> dict:
+    if row is None:
+        return {}
+    return {"p50_ms": _number(row.get("50%")), "p95_ms": _number(row.get("95%")),
+            "p99_ms": _number(row.get("99%")), "mean_ms": round(_number(row.get("Average Response Time")), 1)}
+
+
+def summarize(stats_csv: str | Path, failures_csv: str | Path | None = None) -> dict:
+    """The summary of one Locust run from its `<prefix>_stats.csv` (and `<prefix>_failures.csv`)."""
+    with open(stats_csv, newline="", encoding="utf-8") as handle:
+        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(handle)}
+    summary: dict = {"protocols": {}}
+    totals = {"turns": 0, "failures": 0, "turns_per_s": 0.0, "tokens": 0.0, "tokens_per_s": 0.0}
+    for protocol in PROTOCOLS:
+        full = rows.get((protocol, f"{protocol} chat: full response"))
+        refused = rows.get((protocol, f"{protocol} chat: refused (busy)"))
+        if full is None and refused is None:
+            continue
+        if full is None:  # a flood where every request was refused
+            full = {"Request Count": 0, "Failure Count": 0, "Requests/s": 0, "Average Content Size": 0}
+        first = rows.get((protocol, f"{protocol} chat: first token"))
+        check = rows.get((protocol, f"{protocol} memory: fact recalled"))
+        turns, failures = int(_number(full["Request Count"])), int(_number(full["Failure Count"]))
+        rate = _number(full["Requests/s"])
+        tokens_per_turn = _number(full["Average Content Size"])  # completion tokens (see locustfile)
+        entry = {
+            "turns": turns,
+            "failures": failures,
+            "turns_per_s": round(rate, 3),
+            "tokens": round(tokens_per_turn * turns),
+            "tokens_per_s": round(rate * tokens_per_turn, 2),
+            "time_to_first_token": _latency(first),
+            "latency": _latency(full),
+        }
+        if check is not None and int(_number(check["Request Count"])):
+            entry["fact_recall_rate"] = round(_number(check["Average Content Size"]), 3)
+            entry["fact_questions"] = int(_number(check["Request Count"]))
+        if refused is not None:
+            entry["refused"] = int(_number(refused["Request Count"]))
+            entry["refusal_latency"] = _latency(refused)
+        summary["protocols"][protocol] = entry
+        for key in ("turns", "failures", "turns_per_s", "tokens", "tokens_per_s"):
+            totals[key] += entry[key]
+    summary.update({k: round(v, 2) if isinstance(v, float) else v for k, v in totals.items()})
+    errors = []
+    if failures_csv and Path(failures_csv).exists():
+        with open(failures_csv, newline="", encoding="utf-8") as handle:
+            errors = [{"name": r["Name"], "error": r["Error"], "occurrences": int(_number(r["Occurrences"]))}
+                      for r in csv.DictReader(handle)]
+    summary["errors"] = errors
+    return summary
+
+
+def table(summary: dict) -> str:
+    lines = ["| protocol | turns | failures | turns/s | tokens/s | TTFT p50/p95/p99 ms | latency p50/p95/p99 ms "
+             "| facts recalled |", "|---|---|---|---|---|---|---|---|"]
+    for protocol, e in summary["protocols"].items():
+        ttft, lat = e["time_to_first_token"], e["latency"]
+        recall = f"{e['fact_recall_rate']:.0%} of {e['fact_questions']}" if "fact_recall_rate" in e else "-"
+        lines.append(f"| {protocol} | {e['turns']} | {e['failures']} | {e['turns_per_s']:.2f} | {e['tokens_per_s']:.1f} "
+                     f"| {ttft.get('p50_ms', 0):.0f} / {ttft.get('p95_ms', 0):.0f} / {ttft.get('p99_ms', 0):.0f} "
+                     f"| {lat.get('p50_ms', 0):.0f} / {lat.get('p95_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f} | {recall} |")
+    lines.append(f"\nall: {summary['turns']} turns, {summary['failures']} failed, {summary['turns_per_s']:.2f} turns/s, "
+                 f"{summary['tokens_per_s']:.1f} tokens/s")
+    for error in summary["errors"][:5]:
+        lines.append(f"error x{error['occurrences']} in {error['name']}: {error['error'][:160]}")
+    return "\n".join(lines)
+
+
+def locust_command(users: int, duration: str, prefix: Path, protocol: str = "both", spawn_rate: float | None = None,
+                   history: bool = False) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--users", str(users),
+            "--spawn-rate", str(spawn_rate or users), "--run-time", duration,
+            "--csv", str(prefix), "--html", str(prefix.parent / f"{prefix.name}-report.html"), "--only-summary",
+            "--loglevel", "WARNING", *(["--csv-full-history"] if history else []), *USER_CLASSES[protocol]]
+
+
+def locust_env(grpc_url: str | None, http_url: str | None, max_tokens: int, turns: int, **extra: str) -> dict:
+    env = dict(os.environ, IMEM_LOADTEST_MAX_TOKENS=str(max_tokens), IMEM_LOADTEST_TURNS=str(turns), **extra)
+    if grpc_url:
+        env["IMEM_URL"] = grpc_url
+    if http_url:
+        env["IMEM_HTTP_URL"] = http_url
+    return env
+
+
+def run_locust(command: list[str], env: dict, prefix: Path) -> dict | None:
+    """Runs Locust (in its own process: it monkey-patches with gevent) and summarises its CSV; None when it
+    wrote no statistics. Locust exits 1 when any request failed; the summary says which."""
+    (prefix.parent / f"{prefix.name}-command.txt").write_text(" ".join(command) + "\n")
+    completed = subprocess.run(command, env=env, cwd=REPO_ROOT)
+    stats = Path(f"{prefix}_stats.csv")
+    if not stats.exists():
+        print(f"Locust wrote no statistics (exit code {completed.returncode})", file=sys.stderr)
+        return None
+    return summarize(stats, Path(f"{prefix}_failures.csv"))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="imem bench loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=8, help="concurrent conversations (default 8)")
+    parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
+    parser.add_argument("--duration", default="60s", help="Locust run time, e.g. 30s, 5m (default 60s)")
+    parser.add_argument("--protocol", choices=sorted(USER_CLASSES), default="both",
+                        help="gRPC users, HTTP users, or half of each (default both)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per turn (default 32)")
+    parser.add_argument("--turns", type=int, default=10, help="user turns per conversation (default 10)")
+    parser.add_argument("--url", default=None, help="grpc://host:port (default IMEM_URL or grpc://localhost:GRPC_PORT)")
+    parser.add_argument("--http-url", default=None, help="http://host:port (default IMEM_HTTP_URL or "
+                                                         "http://localhost:HTTP_PORT)")
+    parser.add_argument("--out", default=None, help="results folder (default results/loadtest/<UTC time>)")
+    parser.add_argument("--json", default=None, help="also write the summary JSON here")
+    parser.add_argument("--quick", action="store_true", help="2 users for 15 s")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.users, args.duration = 2, "15s"
+    out = Path(args.out or REPO_ROOT / "results" / "loadtest" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / "locust"
+    print(f"running Locust for {args.duration} with {args.users} user(s) ({args.protocol}); results in {out}",
+          flush=True)
+    summary = run_locust(locust_command(args.users, args.duration, prefix, args.protocol, args.spawn_rate),
+                         locust_env(args.url, args.http_url, args.max_tokens, args.turns), prefix)
+    if summary is None:
+        return 1
+    summary["settings"] = {"users": args.users, "duration": args.duration, "protocol": args.protocol,
+                           "max_tokens": args.max_tokens, "turns_per_conversation": args.turns}
+    text = table(summary)
+    print(text)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if summary["failures"] == 0 and summary["turns"] > 0 else 1

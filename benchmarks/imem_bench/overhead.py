@@ -1,0 +1,264 @@
+"""`imem bench overhead`: what memory costs on top of the bare LLM, in one run on one server.
+
+For each concurrency (conversations in flight at once), the same load is sent two ways and alternated:
+  chat  the `chat` ensemble: embed the message, recall + pack the prompt, generate, store the exchange
+  llm   the bare `llm` model, given prompts of exactly the token counts chat built (the chat template
+        around random words, so vLLM's prefix cache helps it no more than it helps chat)
+Both stream over Triton gRPC with the same sampling (max_tokens, ignore_eos: every completion has the same
+length). Conversations are first given --history turns of synthetic history (memory ingest), so recall
+works on a real store and prompts are full-sized. Reported per concurrency: time to first token, full-
+response latency, tokens/s, and Triton's own per-model time for the chat requests (where the added time goes).
+
+    imem bench overhead                       # starts its own server; 1, 8 and 32 conversations
+    imem bench overhead --url grpc://localhost:8001 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+
+from imem_bench import common
+from imem_bench.synthetic import Conversation, history
+
+TARGET_ADDED_P50_MS = 15.0
+TARGET_THROUGHPUT_RATIO = 0.80
+
+
+class PromptMaker:
+    """Prompts of an exact token count (as vLLM will count them), built with the model's chat template."""
+
+    def __init__(self, seed: int = 0):
+        from transformers import AutoTokenizer
+
+        from imem.config import load
+
+        self.tokenizer = AutoTokenizer.from_pretrained(load().engine.tokenizer_path)
+        vocab = self.tokenizer.get_vocab()
+        # Whole lowercase words that are one token each, so that a word more or less is a token more or less.
+        self.words = sorted(w[1:] for w in vocab if w.startswith("\u2581") and w[1:].isalpha() and w[1:].islower()
+                            and 3 <= len(w) <= 8)
+        self.rng = random.Random(seed)
+        self.overhead = self.count(self.render(""))
+
+    def render(self, content: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def make(self, tokens: int) -> str:
+        words = [self.rng.choice(self.words) for _ in range(max(1, tokens - self.overhead))]
+        for _ in range(50):
+            prompt = self.render(" ".join(words))
+            difference = self.count(prompt) - tokens
+            if difference == 0 or (difference < 0 and not words):
+                return prompt
+            if difference > 0:
+                del words[-min(difference, len(words) - 1 or 1):]
+                if len(words) == 0:
+                    return prompt
+            else:
+                words.extend(self.rng.choice(self.words) for _ in range(-difference))
+        return prompt
+
+
+async def _ingest(client, grpc, tenant: str, conversations: list[str], turns: int, seed: int):
+    rng = random.Random(seed)
+    for conversation in conversations:
+        lines = "\n".join(json.dumps(h) for h in history(rng, turns))
+        inputs = [common.bytes_input(grpc, "operation", "ingest"), common.bytes_input(grpc, "tenant", tenant),
+                  common.bytes_input(grpc, "conversation_id", conversation), common.bytes_input(grpc, "payload", lines)]
+        await client.infer("memory", inputs)
+
+
+async def _phase(clients, grpc, kind: str, tenant: str, scripts: list[Conversation], per_worker: int,
+                 prompt_tokens: list[list[int]], maker: PromptMaker, sampling: str) -> list[common.Sample]:
+    """`len(scripts)` workers, each `per_worker` requests back to back; chat continues its conversation,
+    llm replays the prompt sizes that chat's worker saw."""
+
+    async def worker(index: int):
+        client, out = clients[index % len(clients)], []
+        for step in range(per_worker):
+            if kind == "chat":
+                script = scripts[index]
+                if script.done:
+                    script.position = 0
+                message, _ = script.next_message()
+                inputs = [common.bytes_input(grpc, "conversation_id", script.id), common.bytes_input(grpc, "tenant", tenant),
+                          common.bytes_input(grpc, "message", message), common.bool_input(grpc, "stream", True),
+                          common.bytes_input(grpc, "sampling_parameters", sampling)]
+                out.append(await common.stream_once(client, "chat", inputs))
+            else:
+                sizes = prompt_tokens[index]
+                prompt = maker.make(sizes[step % len(sizes)])
+                inputs = [common.bytes_input(grpc, "text_input", prompt), common.bool_input(grpc, "stream", True),
+                          common.bytes_input(grpc, "sampling_parameters", sampling),
+                          common.bool_input(grpc, "exclude_input_in_output", True)]
+                out.append(await common.stream_once(client, "llm", inputs))
+        return out
+
+    results = await asyncio.gather(*(worker(i) for i in range(len(scripts))))
+    return [s for worker_samples in results for s in worker_samples]
+
+
+async def measure(url: str, concurrencies: list[int], per_worker_min: int, requests_min: int, rounds: int,
+                  history_turns: int, max_tokens: int, seed: int) -> dict:
+    import tritonclient.grpc as grpc
+    import tritonclient.grpc.aio as aio
+
+    address = url.split("://", 1)[-1]
+    # A few channels, as many clients would have; one channel per conversation would measure gRPC set-up.
+    clients = [aio.InferenceServerClient(address) for _ in range(4)]
+    maker = PromptMaker(seed)
+    # No seed: vLLM 0.32's CPU worker dies when a seeded request's prefill is chunked under load.
+    sampling = json.dumps({"max_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0})
+    tenant = f"bench-overhead-{int(time.time())}"
+    levels = {}
+    try:
+        for concurrency in concurrencies:
+            per_worker = max(per_worker_min, -(-requests_min // concurrency))
+            rng = random.Random(seed + concurrency)
+            scripts = [Conversation(f"c{concurrency}-{i}", rng, turns=10) for i in range(concurrency)]
+            print(f"\n{concurrency} conversation(s): ingesting {history_turns} turns of history each ...", flush=True)
+            await _ingest(clients[0], grpc, tenant, [s.id for s in scripts], history_turns, seed)
+            # Warm-up: not measured; gives the prompt sizes for the llm phases.
+            warm = await _phase(clients, grpc, "chat", tenant, scripts, 2, [], maker, sampling)
+            failed = [s.error for s in warm if s.error]
+            if failed:
+                raise RuntimeError(f"chat failed during warm-up: {failed[0]}")
+            sizes = [[s.prompt_tokens for s in warm[i * 2:(i + 1) * 2]] for i in range(concurrency)]
+            await _phase(clients, grpc, "llm", tenant, scripts, 1, sizes, maker, sampling)
+            samples: dict[str, list[common.Sample]] = {"chat": [], "llm": []}
+            # Rounds alternate chat and llm: throughput is over each model's own phases, not the span between.
+            walls = {"chat": 0.0, "llm": 0.0}
+            stats = {}
+            for round_ in range(rounds):
+                order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
+                for kind in order:
+                    before = await common.model_stats(clients[0], ["embedder", "memory", "llm"]) if kind == "chat" else None
+                    started = time.perf_counter()
+                    got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, sizes, maker, sampling)
+                    walls[kind] += time.perf_counter() - started
+                    if kind == "chat":
+                        after = await common.model_stats(clients[0], ["embedder", "memory", "llm"])
+                        stats = common.stats_delta(before, after, len(got))
+                        per = {}
+                        for w in range(concurrency):
+                            per.setdefault(w, [])
+                        for i, s in enumerate(got):
+                            per[i // per_worker].append(s.prompt_tokens)
+                        sizes = [per[w] or [1] for w in range(concurrency)]
+                    samples[kind].extend(got)
+                    print(f"  round {round_ + 1} {kind:4s}: {len(got)} requests in {time.perf_counter() - started:.1f}s",
+                          flush=True)
+            chat, llm = (common.summarize_samples(samples[kind], walls[kind]) for kind in ("chat", "llm"))
+            level = {"concurrency": concurrency, "chat": chat, "llm": llm, "triton_ms_per_chat_request": stats}
+            if chat.get("tokens_per_s") and llm.get("tokens_per_s"):
+                level["throughput_ratio"] = round(chat["tokens_per_s"] / llm["tokens_per_s"], 3)
+                level["added_ttft_p50_ms"] = round(chat["ttft_p50_ms"] - llm["ttft_p50_ms"], 2)
+                level["added_p50_ms"] = round(chat["latency_p50_ms"] - llm["latency_p50_ms"], 2)
+                level["added_p95_ms"] = round(chat["latency_p95_ms"] - llm["latency_p95_ms"], 2)
+            levels[str(concurrency)] = level
+    finally:
+        for client in clients:
+            await client.close()
+    return levels
+
+
+def report(levels: dict) -> str:
+    header = ["conversations", "model", "req/s", "tokens/s", "TTFT p50 ms", "TTFT p95 ms", "latency p50 ms",
+              "latency p95 ms", "prompt tokens", "errors"]
+    rows = []
+    for key, level in levels.items():
+        for model in ("chat", "llm"):
+            m = level[model]
+            rows.append([key, model, m.get("requests_per_s"), m.get("tokens_per_s"), m.get("ttft_p50_ms"),
+                         m.get("ttft_p95_ms"), m.get("latency_p50_ms"), m.get("latency_p95_ms"),
+                         m.get("prompt_tokens_mean"), m.get("errors")])
+    lines = [common.md_table(header, rows), ""]
+    for key, level in levels.items():
+        if "throughput_ratio" in level:
+            stats = level["triton_ms_per_chat_request"]
+            where = ", ".join(f"{m} {v.get('queue_ms', 0) + v.get('compute_infer_ms', 0):.1f} ms"
+                              for m, v in stats.items() if m != "llm")
+            lines.append(f"{key} conversation(s): chat keeps {level['throughput_ratio']:.0%} of bare llm tokens/s; "
+                         f"adds {level['added_p50_ms']:+.1f} ms p50, {level['added_p95_ms']:+.1f} ms p95 "
+                         f"(TTFT {level['added_ttft_p50_ms']:+.1f} ms p50); Triton time per chat request: {where}")
+    return "\n".join(lines)
+
+
+def plot(levels: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(levels)
+    x = range(len(keys))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for offset, model in ((-0.2, "chat"), (0.2, "llm")):
+        left.bar([i + offset for i in x], [levels[k][model].get("tokens_per_s") or 0 for k in keys], width=0.4,
+                 label="chat (with memory)" if model == "chat" else "bare llm")
+        right.bar([i + offset for i in x], [levels[k][model].get("latency_p50_ms") or 0 for k in keys], width=0.4,
+                  label=f"{model} p50")
+        right.scatter([i + offset for i in x], [levels[k][model].get("latency_p95_ms") or 0 for k in keys],
+                      marker="_", s=400, color="black", label="p95" if model == "chat" else None)
+    for axis, title, unit in ((left, "Throughput", "completion tokens/s"), (right, "Full-response latency", "ms")):
+        axis.set_xticks(list(x), [f"{k} conv." for k in keys])
+        axis.set_title(title)
+        axis.set_ylabel(unit)
+        axis.legend()
+    fig.suptitle("What memory costs on top of the bare LLM (same prompts, same load)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="imem bench overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=None, help="a running server (grpc://host:port); default: start one")
+    parser.add_argument("--concurrency", default="1,8,32", help="conversations in flight (default 1,8,32)")
+    parser.add_argument("--requests", type=int, default=48, help="at least this many requests per model, "
+                                                                 "concurrency and round (default 48)")
+    parser.add_argument("--per-conversation", type=int, default=3, help="and at least this many per "
+                                                                       "conversation (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating chat/llm rounds (default 2)")
+    parser.add_argument("--history", type=int, default=40, help="turns ingested into each conversation first")
+    parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="output JSON (default results/overhead.json; PNG beside it)")
+    parser.add_argument("--quick", action="store_true", help="1 and 8 conversations, fewer requests")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.requests, args.rounds, args.history = "1,8", 16, 2, 10
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    with common.server(args.url) as (grpc_url, _):
+        levels = common.run_async(measure(grpc_url, concurrencies, args.per_conversation, args.requests, args.rounds,
+                                          args.history, args.max_tokens, args.seed))
+    print()
+    print(report(levels))
+    first = levels[str(concurrencies[0])]
+    result = {
+        "benchmark": "overhead",
+        "machine": common.machine(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
+        "levels": levels,
+        "added_p50_ms": first.get("added_p50_ms"),
+        "added_p95_ms": first.get("added_p95_ms"),
+        "added_ttft_p50_ms": first.get("added_ttft_p50_ms"),
+        "throughput_ratio": {k: v.get("throughput_ratio") for k, v in levels.items()},
+        "targets": {"added_p50_ms_below": TARGET_ADDED_P50_MS, "throughput_ratio_at_8_at_least": TARGET_THROUGHPUT_RATIO},
+    }
+    result["targets"]["added_p50_met"] = (first.get("added_p50_ms") is not None and concurrencies[0] == 1
+                                          and first["added_p50_ms"] < TARGET_ADDED_P50_MS)
+    if "8" in levels and levels["8"].get("throughput_ratio") is not None:
+        result["targets"]["throughput_ratio_met"] = levels["8"]["throughput_ratio"] >= TARGET_THROUGHPUT_RATIO
+    path = common.write_results("overhead", result, args.json)
+    plot(levels, common.plot_path(path))
+    errors = sum(level[m].get("errors", 0) for level in levels.values() for m in ("chat", "llm"))
+    return 0 if errors == 0 else 1

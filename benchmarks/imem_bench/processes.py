@@ -1,0 +1,78 @@
+"""Resident memory of every process of a running server, sampled in the background: tritonserver, each
+model instance's stub, vLLM's engine and workers (soak and back-pressure benchmarks)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from imem_serve.triton import TritonServer, group_members
+
+
+def role(pid: int, stubs: dict[int, str], server_pid: int) -> str | None:
+    if pid == server_pid:
+        return "tritonserver"
+    if pid in stubs:
+        return stubs[pid]
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
+    if command.startswith("VLLM::"):
+        return "vllm " + command.removeprefix("VLLM::")
+    return None  # helpers (orphan watchers, resource trackers): too small to matter
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class MemorySampler:
+    """Every `interval` seconds: {role: RSS MiB} for each process of the server's group, with the time."""
+
+    def __init__(self, server: TritonServer, interval: float = 10.0):
+        self.server, self.interval = server, interval
+        self.samples: list[dict] = []
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> "MemorySampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        stubs = {pid: name for name, pid in self.server.stubs().items()}
+        rss: dict[str, float] = {}
+        for pid in group_members(self.server.process.pid):
+            name, value = role(pid, stubs, self.server.process.pid), rss_mib(pid)
+            if name and value is not None:
+                rss[name] = round(rss.get(name, 0) + value, 1)  # several vLLM workers add up
+        self.samples.append({"t_s": round(time.monotonic() - self.started, 1), "rss_mib": rss})
+
+    def growth(self) -> dict:
+        """Per process: first, last and largest RSS, and the growth from first to last (MiB)."""
+        names = sorted({n for s in self.samples for n in s["rss_mib"]})
+        out = {}
+        for name in names:
+            series = [s["rss_mib"][name] for s in self.samples if name in s["rss_mib"]]
+            out[name] = {"first_mib": series[0], "last_mib": series[-1], "max_mib": max(series),
+                         "growth_mib": round(series[-1] - series[0], 1)}
+        return out
