@@ -416,20 +416,23 @@ class ServerTurnStore(TurnStore):
                                    vector=_vectors(v, self._sparse(bm25().embed_document(t.text))))
                 for t, v in zip(turns, dense)]
 
+    # On a cluster, claims must be applied in one order on every replica (strong ordering: through the
+    # shard's leader) and read back from all of them, or two replicas could each see their own claim win.
     def _insert_new(self, turns, dense):
         self.client.upsert(self.collection, self._points(turns, dense), wait=True,
-                           update_mode=models.UpdateMode.INSERT_ONLY)
+                           update_mode=models.UpdateMode.INSERT_ONLY, ordering=models.WriteOrdering.STRONG)
 
     def _writers(self, tenant, conversation_id, numbers):
         records = self.client.retrieve(self.collection, [point_id(tenant, conversation_id, n) for n in numbers],
-                                       with_payload=True, with_vectors=False)
+                                       with_payload=True, with_vectors=False,
+                                       consistency=models.ReadConsistencyType.ALL)
         return {int(r.payload["turn"]): r.payload.get("write_id", "") for r in records}
 
     def _rewrite(self, turns, dense):
         ours = models.Filter(must=[models.FieldCondition(key="write_id",
                                                          match=models.MatchValue(value=turns[0].write_id))])
         self.client.upsert(self.collection, self._points(turns, dense), wait=True, update_filter=ours,
-                           update_mode=models.UpdateMode.UPDATE_ONLY)
+                           update_mode=models.UpdateMode.UPDATE_ONLY, ordering=models.WriteOrdering.STRONG)
 
     def set_vector(self, turn, dense):
         vector = self._checked([turn], [dense])[0]
