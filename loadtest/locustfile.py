@@ -209,8 +209,8 @@ class HttpChatUser(ChatTurns, HttpUser):
                                    stream=True, timeout=300) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-                for line in response.iter_lines(decode_unicode=True):
-                    if not line or not line.startswith("data:"):
+                for line in response.iter_lines():
+                    if not line.startswith(b"data:"):
                         continue
                     event = json.loads(line[5:])
                     if "error" in event:

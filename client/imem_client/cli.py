@@ -152,12 +152,12 @@ def _stop_gateway(gateway) -> None:
 
 
 def cmd_store(args) -> int:
-    """Offline maintenance of the embedded store (imem/maintenance.py); the server must be stopped."""
-    from pathlib import Path
+    """Maintenance of the store (imem/maintenance.py); the embedded store's server must be stopped."""
+    from dataclasses import replace
 
     from imem import maintenance
     from imem.config import load
-    from imem.store import StoreUnavailable
+    from imem.store import StoreUnavailable, open_store
 
     config = load()
     data_dir = Path(args.data_dir or config.memory.data_dir)
@@ -168,6 +168,15 @@ def cmd_store(args) -> int:
             copied = maintenance.restore(Path(args.path), data_dir)
         elif args.operation == "compact":
             copied = maintenance.compact(data_dir)
+        elif args.operation == "prune":
+            settings = replace(config.memory, data_dir=str(data_dir), create_store="no", store_lock_wait_s=0)
+            store = open_store(settings, dim=config.embedder.dim)
+            try:
+                conversations, turns = maintenance.prune(store, args.older_than_days)
+            finally:
+                store.close()
+            print(f"prune: {conversations} conversations, {turns} turns deleted")
+            return 0
         else:
             from imem.embedding import Embedder
 
@@ -215,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("backup", "copy the store into PATH (a new folder)"),
                        ("restore", "copy a backup at PATH into the data folder (which must hold no store)"),
                        ("compact", "rewrite the store, leaving deleted turns off the disk"),
-                       ("reembed", "give every turn a new vector from the configured embedder (IMEM_EMBEDDER)")):
+                       ("reembed", "give every turn a new vector from the configured embedder (IMEM_EMBEDDER)"),
+                       ("prune", "delete conversations with nothing stored for N days (a Qdrant server: while "
+                                 "serving)")):
         operation = store_operations.add_parser(name, help=text)
         operation.add_argument("--data-dir", help="the store's data folder (default IMEM_DATA_DIR)")
         if name in ("backup", "restore"):
             operation.add_argument("path")
+        if name == "prune":
+            operation.add_argument("--older-than-days", type=float, required=True, metavar="N")
     store.set_defaults(run=cmd_store)
 
     serve = commands.add_parser("serve", help="run tritonserver on the model repository (foreground)")

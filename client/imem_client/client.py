@@ -174,8 +174,9 @@ class Client:
         with self._session.post(f"{base}/generate_stream", json=fields, stream=True, timeout=self.timeout) as response:
             if response.status_code != 200:
                 raise ServiceError(response.json().get("error", response.text))
-            for line in response.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
+            # Split as bytes: decoded text would also split at U+2028, U+0085, ... inside a JSON string.
+            for line in response.iter_lines():
+                if not line.startswith(b"data:"):
                     continue
                 body = json.loads(line[5:])
                 if "error" in body:

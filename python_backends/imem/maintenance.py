@@ -1,4 +1,5 @@
-"""Offline maintenance of the embedded memory store, with the server stopped (`imem store ...`).
+"""Maintenance of the memory store (`imem store ...`): backup, restore, compact and re-embed work on the
+embedded store with the server stopped; prune works on either store (on a Qdrant server, while serving).
 
 Every operation copies the shard point by point into a fresh folder. That is also what removes deleted
 turns from disk: Qdrant Edge marks a deleted point in its segments and keeps the operation in its WAL, so
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from qdrant_edge import ScrollRequest
 
-from imem.store import DENSE, EdgeTurnStore, StoreUnavailable
+from imem.store import DENSE, EdgeTurnStore, StoreUnavailable, TurnStore
 from imem.turn import Turn
 
 SHARD = "edge-shard"
@@ -93,3 +95,16 @@ def restore(backup_dir: Path, data_dir: Path) -> int:
     if (data_dir / SHARD).exists():
         raise StoreUnavailable(f"{data_dir} already holds a memory store: move it away before restoring over it")
     return copy_shard(backup_dir / SHARD, data_dir / SHARD)
+
+
+def prune(store: TurnStore, older_than_days: float, now: float | None = None) -> tuple[int, int]:
+    """Deletes every conversation whose newest turn was stored more than `older_than_days` ago (turns stored
+    before the store kept their time count as new: they are never pruned). Returns (conversations, turns)
+    deleted. Their text leaves the disk of the embedded store at the next compact."""
+    cutoff = (time.time() if now is None else now) - older_than_days * 86400
+    conversations = turns = 0
+    for (tenant, conversation_id), newest in store.last_written().items():
+        if 0 < newest < cutoff:
+            turns += store.delete(tenant, conversation_id)
+            conversations += 1
+    return conversations, turns

@@ -54,6 +54,12 @@ def _by_turn(payloads: Iterable[dict]) -> list[Turn]:
     return sorted((Turn.from_payload(p) for p in payloads), key=lambda t: t.turn)
 
 
+def _newest(newest: dict, payloads: Iterable[dict]) -> None:
+    for p in payloads:
+        key = (p["tenant"], p["conversation_id"])
+        newest[key] = max(newest.get(key, 0), int(p.get("stored_at") or 0))
+
+
 def _vectors(dense: np.ndarray | None, sparse) -> dict:
     """A point's named vectors; without "dense" when its dense vector is still to come (set_vector)."""
     return {SPARSE: sparse} if dense is None else {DENSE: dense.tolist(), SPARSE: sparse}
@@ -82,7 +88,8 @@ class TurnStore(ABC):
         (tenant, conversation_id), = scopes
         dense = list(self._checked(turns, dense))
         write_id = uuid.uuid4().hex
-        pending = [replace(t, write_id=write_id) for t in turns]
+        now = int(time.time())  # whole seconds: a float would not come back bit for bit from every store
+        pending = [replace(t, write_id=write_id, stored_at=now) for t in turns]
         stored: list[Turn] = []
         for _ in range(CLAIM_ATTEMPTS):
             start = self.last_turn(tenant, conversation_id) + 1
@@ -142,6 +149,10 @@ class TurnStore(ABC):
     @abstractmethod
     def exchange(self, tenant: str, conversation_id: str, exchange: str) -> list[Turn]:
         """The stored turns of one chat exchange (its user turn, and its reply once stored)."""
+
+    @abstractmethod
+    def last_written(self) -> dict[tuple[str, str], int]:
+        """(tenant, conversation_id) -> stored_at of its newest turn, for every conversation (a full scan)."""
 
     @abstractmethod
     def delete(self, tenant: str, conversation_id: str) -> int:
@@ -360,6 +371,15 @@ class EdgeTurnStore(TurnStore):
             self._update(edge.UpdateOperation.delete_points_by_filter(scope))
         return count
 
+    def last_written(self):
+        newest, offset = {}, None
+        while True:
+            records, offset = self.shard.scroll(edge.ScrollRequest(
+                offset=offset, limit=EXPORT_PAGE, with_payload=["tenant", "conversation_id", "stored_at"]))
+            _newest(newest, (r.payload for r in records))
+            if offset is None:
+                return newest
+
     def stats(self):
         return {"turns_stored": self.shard.count(edge.CountRequest(exact=True)),
                 "vectors_missing": self.shard.count(edge.CountRequest(
@@ -491,6 +511,15 @@ class ServerTurnStore(TurnStore):
         if count:
             self.client.delete(self.collection, points_selector=models.FilterSelector(filter=scope), wait=True)
         return count
+
+    def last_written(self):
+        newest, offset = {}, None
+        while True:
+            records, offset = self.client.scroll(self.collection, offset=offset, limit=EXPORT_PAGE,
+                                                 with_payload=["tenant", "conversation_id", "stored_at"])
+            _newest(newest, (r.payload for r in records))
+            if offset is None:
+                return newest
 
     def stats(self):
         missing = models.Filter(must_not=[models.HasVectorCondition(has_vector=DENSE)])

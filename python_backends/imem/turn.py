@@ -24,6 +24,7 @@ class Turn:
     exchange: str = ""
     reply_to: int = 0  # on a reply: the number of the user turn it answers
     write_id: str = ""  # the store write that claimed this number (store.TurnStore.add)
+    stored_at: int = 0  # whole seconds since the epoch when the store wrote it (0: stored before this was kept)
 
     @property
     def point_id(self) -> str:
@@ -41,6 +42,7 @@ class Turn:
             "exchange": self.exchange,
             "reply_to": self.reply_to,
             "write_id": self.write_id,
+            "stored_at": self.stored_at,
         }
 
     @classmethod
@@ -56,6 +58,7 @@ class Turn:
             exchange=payload.get("exchange") or "",
             reply_to=int(payload.get("reply_to") or 0),
             write_id=payload.get("write_id") or "",
+            stored_at=int(payload.get("stored_at") or 0),
         )
 
 

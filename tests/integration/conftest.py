@@ -25,6 +25,16 @@ def _free_port() -> int:
 SESSION_ENV = {"IMEM_METRICS_INTERVAL_S": "0.5"}
 
 
+OPEN_CLIENTS: list[Client] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients():
+    yield
+    while OPEN_CLIENTS:
+        OPEN_CLIENTS.pop().close()
+
+
 class RunningService:
     def __init__(self, data_dir: Path, log_path: Path, env: dict | None = None):
         self.data_dir = data_dir
@@ -51,7 +61,11 @@ class RunningService:
         self.start()
 
     def client(self, protocol: str = "grpc") -> Client:
-        return Client(self.grpc_url if protocol == "grpc" else self.http_url)
+        """A client closed after the test (close_clients): an HTTP connection left open would hold up the
+        server's graceful stop for Triton's whole exit timeout."""
+        client = Client(self.grpc_url if protocol == "grpc" else self.http_url)
+        OPEN_CLIENTS.append(client)
+        return client
 
     def metric(self, name: str) -> float:
         """A value on Triton's metrics port (0 when the metric has not been set yet)."""

@@ -98,3 +98,29 @@ def test_the_cli_names_what_it_did_or_why_it_refused(data_dir, tmp_path, capsys)
     assert capsys.readouterr().out.strip() == "compact: 4 turns"
     assert main(["store", "restore", str(tmp_path / "no-backup"), "--data-dir", str(tmp_path / "new")]) == 2
     assert f"no memory store at {tmp_path / 'no-backup'}" in capsys.readouterr().err
+
+
+def test_prune_deletes_only_conversations_idle_for_longer_than_asked(tmp_path, embedder, monkeypatch, capsys):
+    import time
+    from types import SimpleNamespace
+
+    import imem.store
+    from imem_client.cli import main
+
+    day, now = 86400, 1_800_000_000
+    store = EdgeTurnStore(tmp_path / "data" / maintenance.SHARD, embedder.dim)
+    # (conversation, when each of its turns was stored); 0: stored before turns kept their time
+    for conversation, times in (("idle", [now - 40 * day]), ("revived", [now - 40 * day, now - day]),
+                                ("recent", [now - 3 * day]), ("legacy", [0])):
+        for stored_at in times:
+            monkeypatch.setattr(imem.store, "time", SimpleNamespace(time=lambda t=stored_at: t,
+                                                                      monotonic=time.monotonic, sleep=time.sleep))
+            store.add([Turn("t", conversation, 0, "user", f"{conversation} said something")],
+                      embedder.embed([f"{conversation} said something"]))
+    monkeypatch.setattr(imem.store, "time", time)
+    assert maintenance.prune(store, older_than_days=30, now=now) == (1, 1)
+    assert store.export("t", "idle") == []
+    assert [len(store.export("t", c)) for c in ("revived", "recent", "legacy")] == [2, 1, 1]
+    store.close()
+    assert main(["store", "prune", "--older-than-days", "30", "--data-dir", str(tmp_path / "data")]) == 0
+    assert capsys.readouterr().out.strip() == "prune: 0 conversations, 0 turns deleted"
