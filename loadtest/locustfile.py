@@ -34,6 +34,7 @@ from itertools import count
 from locust import HttpUser, User, between, constant, task
 
 from imem_bench.synthetic import Conversation
+from imem_client.client import sse_events
 
 MAX_TOKENS = int(os.environ.get("IMEM_LOADTEST_MAX_TOKENS", "32"))
 TURNS = int(os.environ.get("IMEM_LOADTEST_TURNS", "10"))
@@ -209,10 +210,7 @@ class HttpChatUser(ChatTurns, HttpUser):
                                    stream=True, timeout=300) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-                for line in response.iter_lines():
-                    if not line.startswith(b"data:"):
-                        continue
-                    event = json.loads(line[5:])
+                for event in sse_events(response.iter_lines()):
                     if "error" in event:
                         raise RuntimeError(event["error"])
                     if first is None and event.get("text_output"):

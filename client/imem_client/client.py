@@ -14,7 +14,7 @@ import queue
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -174,11 +174,7 @@ class Client:
         with self._session.post(f"{base}/generate_stream", json=fields, stream=True, timeout=self.timeout) as response:
             if response.status_code != 200:
                 raise ServiceError(response.json().get("error", response.text))
-            # Split as bytes: decoded text would also split at U+2028, U+0085, ... inside a JSON string.
-            for line in response.iter_lines():
-                if not line.startswith(b"data:"):
-                    continue
-                body = json.loads(line[5:])
+            for body in sse_events(response.iter_lines()):
                 if "error" in body:
                     raise ServiceError(body["error"])
                 yield _chunk_from(body)
@@ -232,6 +228,14 @@ class Client:
         self._client.close()
         if self.protocol in ("http", "https"):
             self._session.close()
+
+
+def sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
+    """The JSON events of a server-sent-event stream, given its lines as bytes. Bytes, because decoded text
+    would also be split at U+2028, U+0085, ..., which JSON allows unescaped inside a string."""
+    for line in lines:
+        if line.startswith(b"data:"):
+            yield json.loads(line[5:])
 
 
 def _scalar(array):

@@ -27,13 +27,3 @@ def test_a_non_streamed_reply_arrives_whole(service, protocol):
     assert reply.chunks == 1 and reply.completion_tokens == 8 and reply.text
     assert client.export(f"whole-{protocol}")["turns"][1]["text"] == reply.text
 
-
-def test_line_separators_inside_the_text_do_not_break_an_http_stream(service):
-    """U+2028, U+0085 and friends are legal unescaped inside JSON: the SSE reader must not split there.
-    The stored message comes back inside `recalled` of the next streamed reply."""
-    client = service.client("http")
-    tricky = "First line\u2028second line\u0085third\u001cfourth \u2029 end."
-    client.chat("separators", tricky, sampling={"max_tokens": 4})
-    chunks = list(client.stream_chat("separators", "What did I say?", sampling={"max_tokens": 4}))
-    assert chunks[-1].final
-    assert tricky in [t["text"] for t in chunks[-1].recalled]
