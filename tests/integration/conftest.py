@@ -185,8 +185,6 @@ class RunningGateway:
 
 @pytest.fixture(scope="module")
 def gateway(service):
-    """Per module: with a gateway connected, Triton 2.51's graceful stop has been seen to wait out its exit
-    timeout (the `chat` model stays live; cause not isolated yet), and test_zz_restart checks that stop."""
     running = RunningGateway(service, Path(tempfile.mkdtemp(prefix="imem-gw-")))
     try:
         running.start()

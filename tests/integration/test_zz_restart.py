@@ -1,8 +1,6 @@
 """Memory outlives the server: a graceful restart keeps it, and a SIGKILL loses no acknowledged turn.
 (Named to run last: it restarts the shared server.)"""
 
-import subprocess
-
 FACT = "The spare key is hidden under the blue flowerpot by the back door."
 
 
@@ -10,13 +8,7 @@ def test_memory_survives_a_restart(service):
     client = service.client()
     client.chat("restart-1", FACT, sampling={"max_tokens": 4})
     client.close()
-    # Every earlier test's requests, cancelled streams included, finished, and every client closed its
-    # connection: the stop drains at once instead of waiting out Triton's exit timeout.
-    ports = (service.server.http_port, service.server.grpc_port)
-    connected = subprocess.run(["ss", "-tnpH", "state", "established",
-                                f"( dport = :{ports[0]} or dport = :{ports[1]} )"], capture_output=True, text=True).stdout
     service.restart()
-    assert "Exit timeout expired" not in service.log(), f"connections open at the stop:\n{connected}"
     client = service.client()
     recall = client.recall("restart-1", "Where is the spare key hidden?")
     assert any(t["text"] == FACT for t in recall["recalled"] + recall["recent"])
