@@ -31,6 +31,7 @@ import time
 import uuid
 from itertools import count
 
+import grpc.experimental.gevent as grpc_gevent
 from locust import HttpUser, User, between, constant, task
 
 from imem_bench.synthetic import Conversation
@@ -41,6 +42,9 @@ TURNS = int(os.environ.get("IMEM_LOADTEST_TURNS", "10"))
 TENANT = os.environ.get("IMEM_LOADTEST_TENANT", "loadtest")
 SEED = int(os.environ.get("IMEM_LOADTEST_SEED", "0"))
 _user_numbers = count()
+# Locust runs users as gevent greenlets: gRPC must cooperate with gevent, or a call blocked in its C core
+# holds up every user, and closing a channel could block Locust's exit for good (seen in `make test`).
+grpc_gevent.init_gevent()
 
 
 def _think():

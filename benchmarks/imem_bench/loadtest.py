@@ -120,11 +120,32 @@ def locust_env(grpc_url: str | None, http_url: str | None, max_tokens: int, turn
     return env
 
 
+def seconds(duration: str) -> float:
+    """Locust's --run-time ("90", "30s", "5m", "1h30m") in seconds."""
+    units, total, number = {"h": 3600, "m": 60, "s": 1}, 0.0, ""
+    for char in duration.strip():
+        if char.isdigit() or char == ".":
+            number += char
+        else:
+            total, number = total + float(number) * units[char], ""
+    return total + (float(number) if number else 0.0)
+
+
+# Locust stops its users at --run-time; past this many seconds more it has hung (a gRPC channel closed by
+# the garbage collector once blocked its exit for good) and is killed, as a failure.
+EXIT_GRACE_S = 120
+
+
 def run_locust(command: list[str], env: dict, prefix: Path) -> dict | None:
     """Runs Locust (in its own process: it monkey-patches with gevent) and summarises its CSV; None when it
-    wrote no statistics. Locust exits 1 when any request failed; the summary says which."""
+    wrote no statistics or did not exit. Locust exits 1 when any request failed; the summary says which."""
     (prefix.parent / f"{prefix.name}-command.txt").write_text(" ".join(command) + "\n")
-    completed = subprocess.run(command, env=env, cwd=REPO_ROOT)
+    limit = seconds(command[command.index("--run-time") + 1]) + EXIT_GRACE_S
+    try:
+        completed = subprocess.run(command, env=env, cwd=REPO_ROOT, timeout=limit)
+    except subprocess.TimeoutExpired:
+        print(f"Locust did not exit within {limit:.0f} s (its run time + {EXIT_GRACE_S} s): killed", file=sys.stderr)
+        return None
     stats = Path(f"{prefix}_stats.csv")
     if not stats.exists():
         print(f"Locust wrote no statistics (exit code {completed.returncode})", file=sys.stderr)

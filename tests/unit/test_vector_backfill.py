@@ -94,11 +94,13 @@ def test_backfill_lingers_to_embed_replies_together_but_not_when_drained(store, 
         batches.append(len(texts))
         return embed(texts)
 
-    backfill = VectorBackfill(store, counting, log=lambda m: None, recover=False, linger=0.5)
-    for i in range(4):
-        user, reply = add_exchange(store, embed, reply=f"reply {i}")
+    # The replies are written first and submitted back to back: the linger only has to outlast four calls,
+    # not four store writes on a busy machine.
+    backfill = VectorBackfill(store, counting, log=lambda m: None, recover=False, linger=3)
+    replies = [add_exchange(store, embed, reply=f"reply {i}")[1] for i in range(4)]
+    for reply in replies:
         backfill.submit([reply])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while store.missing_vectors(10) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.missing_vectors(10) == [] and batches == [4]
