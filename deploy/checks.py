@@ -258,10 +258,10 @@ def check_images() -> None:
 
 def check_makefile_parity() -> None:
     """Dockerfile.cpu builds the environment as `make serve` does: every step of the Makefile's venv and
-    dev-model recipes is in its RUN instructions."""
+    model recipes is in its RUN instructions."""
     makefile = (ROOT / "Makefile").read_text()
     recipes = {}
-    for target in ("$(VENV)/.installed", "dev-model"):
+    for target in ("$(VENV)/.installed", "model"):
         match = re.search(rf"^{re.escape(target)}:.*?\n((?:\t.*\n)+)", makefile, re.M)
         if not match:
             problem(f"Makefile: no recipe for {target}")
@@ -293,7 +293,7 @@ def check_makefile_parity() -> None:
                 problem(f"docker/Dockerfile.cpu does not install Debian's {package} (the Makefile does)")
     for line in checked:
         print(f"    {line}")
-    ok(f"docker/Dockerfile.cpu repeats the Makefile's {len(checked)} venv/dev-model steps")
+    ok(f"docker/Dockerfile.cpu repeats the Makefile's {len(checked)} venv/model steps")
     finish()
 
 

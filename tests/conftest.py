@@ -6,17 +6,29 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs the dev model (random weights, Mistral's tokenizer and template: fast, and what the tests
+# of prompt packing expect); only test_answers.py starts a server of the default model.
+os.environ.setdefault("IMEM_MODEL", str(Path(__file__).resolve().parents[1] / ".build" / "dev-model"))
 
 
 @pytest.fixture(scope="session")
 def dev_model_path() -> Path:
     from imem import dev_model
-    from imem.config import load
 
-    path = Path(load().engine.model)
-    if not (path / "config.json").exists():
+    path = Path(os.environ["IMEM_MODEL"])
+    if path == dev_model.DEV_MODEL and not (path / "config.json").exists():
         dev_model.build(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    """SmolLM2-135M-Instruct, the model `make serve` runs (built by `make test` before the suite)."""
+    from imem import smollm2
+
+    if not smollm2.DEFAULT_OUT.exists():
+        smollm2.build(smollm2.DEFAULT_OUT)
+    return smollm2.DEFAULT_OUT
 
 
 @pytest.fixture(scope="session")

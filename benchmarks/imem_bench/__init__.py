@@ -2,6 +2,7 @@
 writes JSON (--json OUT)."""
 
 import importlib
+import os
 
 BENCHMARKS = {
     "locomo": "retrieval quality on LoCoMo through the running server's memory model",
@@ -13,10 +14,20 @@ BENCHMARKS = {
     "crash": "kill the server at random moments under load, restart it, check every acknowledged turn (make crash)",
     "durability": "write latency with and without a disk sync per write (IMEM_FLUSH_EACH_WRITE)",
     "soak": "a steady Locust load for a long while: errors, latency drift, RSS growth of every process (make soak)",
+    "answers": "answer accuracy of the served model through chat: planted facts and LoCoMo, per context policy",
     "backpressure": "calm, flood beyond capacity, calm again: refusals, latency, memory, recovery (make backpressure)",
 }
 
 
+# What memory costs is measured against the dev model (fast, Mistral's tokenizer, as in the README's
+# figures) unless IMEM_MODEL names another; `answers` judges answers, so it runs the served default model.
+MODEL_BENCHMARKS = {"answers"}
+
+
 def run(name: str, argv: list[str]) -> int:
+    if name not in MODEL_BENCHMARKS:
+        from imem.dev_model import DEV_MODEL
+
+        os.environ.setdefault("IMEM_MODEL", str(DEV_MODEL))
     module = importlib.import_module(f"imem_bench.{name.replace('-', '_')}")
     return module.main(argv)

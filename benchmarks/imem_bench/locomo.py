@@ -39,6 +39,7 @@ class Question:
     text: str
     category: int
     evidence: list[str]  # dia_ids that exist in the conversation
+    answer: str = ""  # the gold answer (imem bench answers)
 
 
 @dataclass
@@ -92,7 +93,8 @@ def load(path: str) -> list[Conversation]:
                 found = [f"D{a}:{b}" for a, b in _DIA_ID.findall(str(item))]
                 result.bad_evidence += sum(1 for e in found if e not in known) + (0 if found else 1)
                 evidence += [e for e in found if e in known and e not in evidence]
-            result.questions.append(Question(str(qa.get("question", "")), category, evidence))
+            result.questions.append(Question(str(qa.get("question", "")), category, evidence,
+                                             str(qa.get("answer", "")).strip()))
         conversations.append(result)
     return conversations
 

@@ -107,9 +107,9 @@ class Client:
 
     # ---- chat ---------------------------------------------------------------------------------------
     def chat(self, conversation_id: str, message: str, tenant: str = "default", sampling: dict | None = None,
-             system: str = "", stream: bool = True) -> ChatReply:
+             system: str = "", stream: bool = True, recall_policy: str = "") -> ChatReply:
         parts, final, count = [], None, 0
-        for chunk in self.stream_chat(conversation_id, message, tenant, sampling, system, stream):
+        for chunk in self.stream_chat(conversation_id, message, tenant, sampling, system, stream, recall_policy):
             parts.append(chunk.text)
             count += 1
             final = chunk if chunk.final else final
@@ -119,11 +119,15 @@ class Client:
                          final.completion_tokens, final.recalled, final.finish_reason, count)
 
     def stream_chat(self, conversation_id: str, message: str, tenant: str = "default",
-                    sampling: dict | None = None, system: str = "", stream: bool = True) -> Iterator[Chunk]:
+                    sampling: dict | None = None, system: str = "", stream: bool = True,
+                    recall_policy: str = "") -> Iterator[Chunk]:
+        """`recall_policy`: one of the benchmarks' reference policies instead of memory's own (imem/recall.py)."""
         fields = {"conversation_id": conversation_id, "message": message, "tenant": tenant, "stream": stream,
                   "sampling_parameters": json.dumps(sampling or {})}
         if system:
             fields["system"] = system
+        if recall_policy:
+            fields["recall_policy"] = recall_policy
         if self.protocol == "grpc":
             yield from self._grpc_stream("chat", fields)
         else:

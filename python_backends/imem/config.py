@@ -71,8 +71,9 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    # The model folder vLLM loads; `make serve` builds the tiny dev model here when it is absent.
-    model: str = field(default_factory=lambda: _env("IMEM_MODEL", str(REPO_ROOT / ".build" / "dev-model")))
+    # The model folder vLLM loads. Default: SmolLM2-135M-Instruct, which `make serve` builds (imem/smollm2.py).
+    # The tests and the cost benchmarks run the dev model of random weights instead (imem/dev_model.py).
+    model: str = field(default_factory=lambda: _env("IMEM_MODEL", str(REPO_ROOT / ".build" / "smollm2-135m-instruct")))
     tokenizer: str = field(default_factory=lambda: _env("IMEM_TOKENIZER", ""))
     quantization: str = field(default_factory=lambda: _env("IMEM_QUANTIZATION", ""))
     dtype: str = field(default_factory=lambda: _env("IMEM_DTYPE", "auto"))

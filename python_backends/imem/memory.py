@@ -144,7 +144,7 @@ class Memory:
         except ValueError as error:
             raise BadRequest(str(error)) from None
         try:
-            if offer.budget is None:
+            if offer.unlimited:
                 packed = self.packer.measure(message, [s.turn for s in offer.recalled] + offer.recent, system)
             else:
                 packed = self.packer.pack(message, offer.recalled, offer.recent, system, offer.budget)

@@ -1,9 +1,14 @@
 """Prompt packing: the new message plus the turns memory offers, rendered with the model's own chat
 template, inside a token budget that is never exceeded.
 
-Everything goes into one user message. Instruct templates such as Mistral's demand strict user/assistant
-alternation and have no system role, while remembered turns come from any speakers in any order; one
-message with a labelled memory block renders under every template.
+Remembered turns come from any speakers in any order, so they are never replayed as chat messages: they go
+into one labelled memory block. Where the template has a system role (ChatML: SmolLM2, Qwen, ...) the block
+is the system message and the user's message stays alone in its turn; small models read it far better so
+(SmolLM2-135M answered "What is my locker code?" from a system block, and from the same block inside the
+user message talked about something else). There its lines are bulleted under a header in the second
+person: with bare `user: ...` lines SmolLM2 went on writing such lines instead of answering (5 of 8 planted
+facts answered with both changes, 1-2 of 8 with either alone). Templates without a system role (Mistral's:
+strict user/assistant alternation) get everything in one user message, the message last.
 
 Remembered turns are written compactly, `speaker: text`, oldest first, under a header line for each date
 ("[1:56 pm on 8 May, 2023]", or the day of an ISO timestamp): a date costs ~18 tokens, so it is written
@@ -21,6 +26,7 @@ from datetime import date, datetime
 from imem.turn import ScoredTurn, Turn
 
 MEMORY_HEADER = "Memory of this conversation (earlier turns, oldest first; use them when relevant):"
+SYSTEM_MEMORY_HEADER = "What you remember from earlier in this conversation:"
 RECENT_HEADER = "Most recent turns:"
 MESSAGE_HEADER = "Current message:"
 # Below this many tokens a truncated turn says too little to be worth its place.
@@ -72,11 +78,22 @@ def date_label(timestamp: str) -> str:
     return f"{day.day} {calendar.month_name[day.month]} {day.year}" if day else timestamp
 
 
-def turn_line(turn: Turn) -> str:
-    return f"{turn.role}: {turn.text}"
+def has_system_role(tokenizer) -> bool:
+    """Whether the chat template renders a system message (Mistral's raises on one; some drop it)."""
+    probe = "system-role-probe"
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}], tokenize=False)
+    except Exception:
+        return False
+    return probe in rendered
 
 
-def render_turns(turns: list[Turn]) -> str:
+def turn_line(turn: Turn, bullet: str = "") -> str:
+    return f"{bullet}{turn.role}: {turn.text}"
+
+
+def render_turns(turns: list[Turn], bullet: str = "") -> str:
     """Turns in the order given, a date header line whenever the date changes."""
     lines, current = [], None
     for turn in turns:
@@ -85,7 +102,7 @@ def render_turns(turns: list[Turn]) -> str:
             if label:
                 lines.append(f"[{label}]")
             current = label
-        lines.append(turn_line(turn))
+        lines.append(turn_line(turn, bullet))
     return "\n".join(lines)
 
 
@@ -100,6 +117,9 @@ class PromptPacker:
         specials |= set(getattr(tokenizer, "all_special_tokens", []))
         self.specials = sorted((t for t in specials if len(t) > 1), key=len, reverse=True)
         self._special = re.compile("|".join(re.escape(t) for t in self.specials)) if self.specials else None
+        self.system_role = has_system_role(tokenizer)
+        self.memory_header = SYSTEM_MEMORY_HEADER if self.system_role else MEMORY_HEADER
+        self.bullet = "- " if self.system_role else ""
 
     def neutralize(self, text: str) -> str:
         """User text with every special token's spelling broken up (stored text is never changed)."""
@@ -119,16 +139,17 @@ class PromptPacker:
         parts = [system.strip()] if system.strip() else []
         if recalled:
             ordered = sorted((s.turn for s in recalled), key=lambda t: t.turn)
-            parts.append(f"{MEMORY_HEADER}\n{render_turns(ordered)}")
+            parts.append(f"{self.memory_header}\n{render_turns(ordered, self.bullet)}")
         if recent:
-            parts.append(f"{RECENT_HEADER}\n{render_turns(sorted(recent, key=lambda t: t.turn))}")
-        if parts:
-            parts.append(f"{MESSAGE_HEADER}\n{message}")
-            content = "\n\n".join(parts)
+            parts.append(f"{RECENT_HEADER}\n{render_turns(sorted(recent, key=lambda t: t.turn), self.bullet)}")
+        if parts and self.system_role:
+            messages = [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}]
+        elif parts:
+            messages = [{"role": "user", "content": "\n\n".join(parts + [f"{MESSAGE_HEADER}\n{message}"])}]
         else:
-            content = message
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": self.neutralize(content)}], tokenize=False, add_generation_prompt=True)
+            messages = [{"role": "user", "content": message}]
+        messages = [{**m, "content": self.neutralize(m["content"])} for m in messages]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def measure(self, message: str, turns: list[Turn], system: str = "") -> PackedPrompt:
         """Every given turn as memory, with no budget: what sending the whole history would cost."""
@@ -156,8 +177,8 @@ class PromptPacker:
             return PackedPrompt(bare, bare_tokens)
         # Estimated cost, summed line by line: headers once, a line per turn, a date line per new date.
         # Tokens merge a little across line breaks; the rendered prompt below is the truth.
-        used = self.count("\n\n".join([MEMORY_HEADER, RECENT_HEADER, MESSAGE_HEADER])) + 6
-        lines = self._counts([turn_line(item if kind == "recent" else item.turn) for kind, item in candidates])
+        used = self.count("\n\n".join([self.memory_header, RECENT_HEADER, MESSAGE_HEADER])) + 6
+        lines = self._counts([turn_line(item if kind == "recent" else item.turn, self.bullet) for kind, item in candidates])
         dates: dict[tuple[str, str], int] = {}
         chosen_recent: list[Turn] = []
         chosen_recalled: list[ScoredTurn] = []
@@ -169,12 +190,12 @@ class PromptPacker:
             date_cost = 0 if key in dates or not key[1] else self.count(f"[{key[1]}]") + 1
             cost = line_cost + 1 + date_cost
             if used + cost > limit:
-                room = limit - used - date_cost - self.count(turn_line(replace(turn, text=""))) - 2
+                room = limit - used - date_cost - self.count(turn_line(replace(turn, text=""), self.bullet)) - 2
                 if room < MIN_TRUNCATED_TOKENS:
                     continue
                 turn = replace(turn, text=self._truncate(turn.text, room))
                 item = turn if kind == "recent" else ScoredTurn(turn, item.score)
-                cost = self.count(turn_line(turn)) + 1 + date_cost
+                cost = self.count(turn_line(turn, self.bullet)) + 1 + date_cost
             used += cost
             dates[key] = 1
             (chosen_recent if kind == "recent" else chosen_recalled).append(item)

@@ -15,9 +15,12 @@ context token budget in that order (prompt.py).
      and its follow-up);
   5. at most `top_k` turns, best first; the packer stops earlier when the context budget is full.
 
-The other policies are reference points for `imem bench locomo`, selectable only through the direct recall
-operation: `recency` (the latest turns only), `dense` (the last turns, then plain dense top-k on the raw
-query) and `full` (the whole history with no budget: what "send everything" costs).
+The other policies are reference points for the benchmarks (`imem bench locomo`, `imem bench answers`),
+chosen per request (the direct recall's payload, the chat's `recall_policy`): `recency` (the latest turns
+only, at the same context budget), `dense` (the last turns, then plain dense top-k on the raw query),
+`none` (no memory at all), `window` (the latest turns that fit the whole prompt budget: what a model
+without memory sees of a long conversation) and `full` (the whole history with no budget: what "send
+everything" costs; direct recall only, as no model's window holds it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from imem.prompt import date_label
 from imem.store import TurnStore
 from imem.turn import ScoredTurn, Turn
 
-POLICIES = ("default", "recency", "dense", "full")
+POLICIES = ("default", "recency", "dense", "none", "window", "full")
+# A turn line costs at least this many tokens: enough latest turns to fill any prompt budget.
+MIN_TURN_TOKENS = 4
 # Roles that are not names: never removed from a query.
 GENERIC_ROLES = frozenset({"user", "assistant", "system", "unknown"})
 # How many of the latest turns name the speakers.
@@ -47,8 +52,9 @@ EmbedQuery = Callable[[str], np.ndarray]
 class Offer:
     recalled: list[ScoredTurn]  # priority order, best first
     recent: list[Turn]  # oldest first
-    budget: int | None  # context tokens for the packer; None: unlimited (only `full`)
+    budget: int | None  # context tokens for the packer; None: all of the prompt budget (window)
     query: str = ""  # the text that was searched for
+    unlimited: bool = False  # no budget at all (full)
 
 
 def select(policy: str, store: TurnStore, config: MemoryConfig, tenant: str, conversation_id: str, query: str,
@@ -64,8 +70,13 @@ def select(policy: str, store: TurnStore, config: MemoryConfig, tenant: str, con
         known = {t.turn for t in recent}
         return Offer([h for h in hits if h.turn.turn not in known][: config.top_k], recent, config.context_budget,
                      query)
+    if policy == "none":
+        return Offer([], [], 0, query)
+    if policy == "window":
+        return Offer([], store.latest(tenant, conversation_id, config.prompt_budget // MIN_TURN_TOKENS), None, query)
     if policy == "full":
-        return Offer([ScoredTurn(t, 0.0) for t in store.export(tenant, conversation_id)], [], None, query)
+        return Offer([ScoredTurn(t, 0.0) for t in store.export(tenant, conversation_id)], [], None, query,
+                     unlimited=True)
     raise ValueError(f"unknown recall policy {policy!r}: one of {', '.join(POLICIES)}")
 
 

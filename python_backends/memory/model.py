@@ -1,7 +1,8 @@
 """Triton entry point of the `memory` model, the only owner of the turn store.
 
 It serves three kinds of request, told apart by which inputs are present:
-  * recall (chat step 2): conversation_id, tenant, message, query_embedding -> prompt, handle. Reads only:
+  * recall (chat step 2): conversation_id, tenant, message, query_embedding (, system, recall_policy) ->
+    prompt, handle. Reads only:
     a request refused here (bad input, cancelled) or by llm (busy) leaves memory as it was.
   * commit (chat step 4, once per llm response): memory_handle + llm_* tensors -> the chat outputs. The
     first response stores the user turn, the final one the reply, each before it is sent on: a message is
@@ -99,7 +100,10 @@ class TritonPythonModel:
         if vector is None:
             raise BadRequest("'query_embedding' is required")
         vector = vector.reshape(-1).astype(np.float32)
-        recall = self.memory.recall(tenant, conversation_id, message, vector, system)
+        policy = text(request, "recall_policy", required=False, default="default", max_bytes=64)
+        if policy == "full":
+            raise BadRequest("'recall_policy' full has no token budget: it is for the direct recall only")
+        recall = self.memory.recall(tenant, conversation_id, message, vector, system, policy)
         self.metrics.record("imem_memory_recall_duration_ms", recall.recall_ms)
         self.metrics.record("imem_memory_turns_recalled", len(recall.prompt.recalled) + len(recall.prompt.recent))
         self.metrics.record("imem_memory_context_tokens", recall.prompt.context_tokens)

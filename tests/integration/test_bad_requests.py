@@ -76,6 +76,13 @@ def test_oversized_message_is_refused(client, stored):
         client.chat(CONVERSATION, "word " * 5000)
 
 
+def test_unknown_or_unbudgeted_recall_policy_is_refused(client, stored):
+    with pytest.raises(ServiceError, match="unknown recall policy 'everything'"):
+        client.chat(CONVERSATION, "Where does the train leave from?", recall_policy="everything")
+    with pytest.raises(ServiceError, match="'recall_policy' full has no token budget"):
+        client.chat(CONVERSATION, "Where does the train leave from?", recall_policy="full")
+
+
 def test_malformed_sampling_json_is_refused(service, stored):
     error = _raw_chat(service, {"conversation_id": text(CONVERSATION), "message": text("hi"),
                                 "sampling_parameters": text("{max_tokens: 5")})

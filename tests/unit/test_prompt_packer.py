@@ -3,7 +3,7 @@ labelled with turn numbers and dates, and the edge cases (no memory, one huge tu
 
 import pytest
 
-from imem.prompt import MEMORY_HEADER, RECENT_HEADER, PromptPacker, PromptTooLong, date_label
+from imem.prompt import MEMORY_HEADER, RECENT_HEADER, SYSTEM_MEMORY_HEADER, PromptPacker, PromptTooLong, date_label
 from imem.turn import ScoredTurn, Turn
 
 
@@ -34,6 +34,24 @@ def test_prompt_is_rendered_with_the_models_chat_template(tokenizer):
     assert packed.text == expected
     assert packed.text.startswith("<s>[INST]") and packed.text.endswith("[/INST]")
     assert "My dog is called Rex." in packed.text
+
+
+def test_with_a_system_role_memory_is_the_system_message_and_the_message_stays_alone(default_model_path, tokenizer):
+    from transformers import AutoTokenizer
+
+    chatml = AutoTokenizer.from_pretrained(default_model_path)
+    packer = PromptPacker(chatml, 256)
+    assert packer.system_role and not PromptPacker(tokenizer, 256).system_role  # Mistral's template has none
+    packed = packer.pack("What is my locker code?", [scored(2, "My locker code is 4417.")],
+                         [turn(9, "Nice weather today.")], system="Be brief.")
+    system, user = packed.text.split("<|im_start|>user\n")
+    assert system.startswith("<|im_start|>system\nBe brief.\n\n" + SYSTEM_MEMORY_HEADER)
+    assert "\n- user: My locker code is 4417.\n" in system and RECENT_HEADER + "\n- user: Nice weather" in system
+    assert user == "What is my locker code?<|im_end|>\n<|im_start|>assistant\n"
+    assert packed.tokens <= 256
+    # No memory and no system text: the template's own default system prompt.
+    assert packer.pack("Hi", [], []).text == chatml.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
 
 
 def test_empty_memory_gives_the_bare_message(tokenizer):

@@ -127,6 +127,14 @@ def test_reference_policies(store, tokenizer, embedder):
     assert dense["context_tokens"] <= 120 and dense["searched"] == "What did Melanie paint?"
     full = mem.recall_only("t", "c", "What did Melanie paint?", policy="full")
     assert len(full["recalled"]) == len(turns) and full["context_tokens"] > 120
+    none = mem.recall_only("t", "c", "What did Melanie paint?", policy="none")
+    assert none["recalled"] == [] and none["recent"] == [] and none["context_tokens"] == 0
+    # window: the latest turns up to the whole prompt budget, beyond the context budget
+    window = memory(store, tokenizer, embedder, context_budget=120, prompt_budget=300).recall_only(
+        "t", "c", "What did Melanie paint?", policy="window")
+    assert window["recalled"] == [] and window["recent"][-1]["turn"] == len(turns)
+    assert [t["turn"] for t in window["recent"]] == list(range(len(turns) - len(window["recent"]) + 1, len(turns) + 1))
+    assert 120 < window["context_tokens"] and window["prompt_tokens"] <= 300
     with pytest.raises(BadRequest, match="'policy' must be one of"):
         mem.recall_only("t", "c", "What did Melanie paint?", policy="oracle")
 

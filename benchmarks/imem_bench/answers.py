@@ -1,0 +1,276 @@
+"""`imem bench answers`: does what memory recalls let the served model answer? End to end through `chat`.
+
+Four context policies, same model, same questions, same run (the chat's `recall_policy`):
+  memory   the default policy (recent turns + recalled ones, within the context budget);
+  recency  the latest turns only, at the same context budget;
+  none     the message alone;
+  window   the latest turns that fit the whole prompt budget: what a model without memory sees.
+Every question is asked in a fresh copy of its conversation, one per policy (deleted afterwards): asking
+stores the question and the answer, and a small model's wrong answer, recalled for the next question,
+would otherwise be judged instead of memory (seen: SmolLM2 repeating an earlier answer's number).
+
+Planted facts (seeded, reproducible): a history of filler small talk with facts (codes, names, places,
+dates) planted at chosen distances before the end; then each fact is asked for, and an answer counts when
+it contains the planted value. LoCoMo (--locomo FILE): questions of categories 1-4 against the gold
+answer, token F1 and whether the answer contains the normalised gold answer.
+
+    imem bench answers [--url grpc://...] [--distances 10,100,1000] [--locomo FILE] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import re
+import string
+import sys
+import time
+from dataclasses import dataclass
+
+from imem_bench import common, locomo
+from imem_client.client import Client, ServiceError
+
+POLICIES = {"memory": "default", "recency": "recency", "none": "none", "window": "window"}
+SAMPLING = {"temperature": 0.0, "max_tokens": 32}
+
+# (what, the statement that plants it, the question, the values to draw from)
+FACTS = [
+    ("locker code", "My locker code is {v}.", "What is my locker code?", [str(n) for n in range(1000, 10000)]),
+    ("sister", "My sister's name is {v}.", "What is my sister's name?",
+     ["Priya", "Ingrid", "Mariko", "Beatriz", "Oluwaseun", "Svetlana", "Catalina", "Annika"]),
+    ("city", "I moved to {v} last spring.", "Which city did I move to last spring?",
+     ["Lisbon", "Tallinn", "Montevideo", "Osaka", "Edinburgh", "Valparaiso", "Krakow", "Nairobi"]),
+    ("dentist", "My dentist appointment is on {v}.", "When is my dentist appointment?",
+     [f"{m} {d}" for m in ("March", "April", "June", "October") for d in (3, 12, 19, 27)]),
+    ("dog", "My dog is called {v}.", "What is my dog called?",
+     ["Biscuit", "Pepper", "Nimbus", "Waffles", "Juniper", "Rocket", "Maple", "Pickles"]),
+    ("flight", "My flight number is {v}.", "What is my flight number?",
+     [f"{a}{n}" for a in ("KL", "LH", "BA", "AF") for n in (1187, 2043, 3391, 4526)]),
+    ("wifi", "The wifi password at the cabin is {v}.", "What is the wifi password at the cabin?",
+     [f"{w}{n}" for w in ("otter", "falcon", "cedar", "harbor") for n in (17, 42, 88)]),
+    ("parking", "I parked the car on level {v} of the garage.", "On which level of the garage did I park?",
+     [str(n) for n in range(2, 10)]),
+    ("doctor", "My doctor is Dr. {v}.", "What is my doctor's name?",
+     ["Okafor", "Lindqvist", "Moreau", "Takahashi", "Castellanos", "Brennan"]),
+    ("bike", "My bike lock combination is {v}.", "What is my bike lock combination?",
+     [f"{n:03d}" for n in range(100, 1000, 37)]),
+    ("street", "I live on {v} Street.", "Which street do I live on?",
+     ["Juniper", "Alder", "Wexford", "Harrow", "Linden", "Marigold"]),
+    ("colour", "My favourite colour is {v}.", "What is my favourite colour?",
+     ["teal", "mustard", "crimson", "lavender", "olive", "turquoise"]),
+]
+TOPICS = ["the garden", "a documentary about whales", "the rainy weather", "a pasta recipe", "my cousin's visit",
+          "a novel about sailors", "the football match", "a jazz concert", "my morning run", "the new café downtown",
+          "a board game night", "the museum exhibition", "my houseplants", "a podcast about history",
+          "the hiking trail", "a pottery class"]
+FEELINGS = ["I really enjoyed", "I keep thinking about", "I was a bit disappointed by", "I told my friends about",
+            "I spent the afternoon on", "I finally made time for"]
+REPLIES = ["That sounds lovely, tell me more!", "How nice! What did you like most?", "Interesting, how did it go?",
+           "I hope it went well.", "That must have been fun.", "Thanks for sharing that."]
+
+
+FACT_SPACING = 8
+
+
+@dataclass
+class Fact:
+    what: str
+    statement: str
+    question: str
+    value: str
+    distance: int  # turns between the planted statement and the end of the history
+
+
+def planted_history(seed: int, distances: list[int], per_distance: int) -> tuple[list[dict], list[Fact]]:
+    """Filler exchanges with one fact per (distance, slot) planted that many turns before the end."""
+    rng = random.Random(seed)
+    kinds = rng.sample(FACTS, len(distances) * per_distance)
+    length = max(distances) + FACT_SPACING * per_distance + 10
+    length += length % 2  # whole exchanges: a user turn, then its reply
+    planted: dict[int, Fact] = {}
+    for index, (what, statement, question, values) in enumerate(kinds):
+        # Facts at one distance sit FACT_SPACING turns apart, so that none is another's neighbour in recall.
+        distance = distances[index // per_distance] + FACT_SPACING * (index % per_distance)
+        position = length - distance
+        position -= position % 2  # a user turn
+        value = rng.choice(values)
+        planted[position] = Fact(what, statement.format(v=value), question, value, length - position)
+    history = []
+    for position in range(0, length, 2):
+        fact = planted.get(position)
+        user = fact.statement if fact else f"{rng.choice(FEELINGS)} {rng.choice(TOPICS)}."
+        history += [{"role": "user", "text": user},
+                    {"role": "assistant", "text": "Noted, I will remember that." if fact else rng.choice(REPLIES)}]
+    return history, sorted(planted.values(), key=lambda f: -f.distance)
+
+
+def delete(client: Client, conversation_id: str, tenant: str) -> None:
+    try:
+        client.delete(conversation_id, tenant)
+    except ServiceError as error:
+        if "unknown conversation" not in str(error):
+            raise
+
+
+def ask(client: Client, history: list[dict], tenant: str, question: str, policy: str) -> tuple[str, dict]:
+    """`question` after `history`, in a conversation of its own that is deleted afterwards."""
+    conversation_id = f"answers-{policy}"
+    delete(client, conversation_id, tenant)  # left by an interrupted run
+    if policy != "none":  # `none` reads nothing
+        for start in range(0, len(history), 200):
+            client.ingest(conversation_id, history[start:start + 200], tenant)
+    started = time.perf_counter()
+    reply = client.chat(conversation_id, question, tenant, sampling=SAMPLING, stream=False,
+                        recall_policy=POLICIES[policy])
+    seconds = time.perf_counter() - started
+    delete(client, conversation_id, tenant)
+    return reply.text.strip(), {"prompt_tokens": reply.prompt_tokens, "seconds": round(seconds, 2)}
+
+
+def run_facts(client: Client, seed: int, distances: list[int], per_distance: int, tenant: str = "answers",
+              policies=tuple(POLICIES)) -> dict:
+    """Accuracy per policy and distance on one planted history; every answer is kept in the report."""
+    history, facts = planted_history(seed, distances, per_distance)
+    answers = []
+    for policy in policies:
+        for fact in facts:
+            text, figures = ask(client, history, tenant, fact.question, policy)
+            answers.append({"policy": policy, "distance": fact.distance, "what": fact.what, "value": fact.value,
+                            "question": fact.question, "answer": text, "correct": fact.value.lower() in text.lower(),
+                            **figures})
+        print(f"facts/{policy}: {sum(a['correct'] for a in answers if a['policy'] == policy)}/{len(facts)} correct",
+              file=sys.stderr, flush=True)
+    accuracy = {policy: {str(d): _share([a["correct"] for a in answers if a["policy"] == policy and
+                                         _bucket(a["distance"], distances) == d]) for d in distances}
+                for policy in policies}
+    overall = {policy: _share([a["correct"] for a in answers if a["policy"] == policy]) for policy in policies}
+    return {"seed": seed, "history_turns": len(history), "facts": len(facts), "distances": distances,
+            "accuracy_by_distance": accuracy, "accuracy": overall, "answers": answers}
+
+
+def _bucket(distance: int, distances: list[int]) -> int:
+    return min(distances, key=lambda d: abs(d - distance))
+
+
+def _share(flags: list[bool]) -> float:
+    return round(sum(flags) / len(flags), 3) if flags else 0.0
+
+
+# ---- LoCoMo -----------------------------------------------------------------------------------------------
+def normalize(text: str) -> str:
+    text = text.lower().replace(",", "")
+    text = "".join(c for c in text if c not in string.punctuation)
+    return " ".join(w for w in text.split() if w not in {"a", "an", "the", "and"})
+
+
+def f1(answer: str, gold: str) -> float:
+    mine, theirs = normalize(answer).split(), normalize(gold).split()
+    common_tokens = sum((collections.Counter(mine) & collections.Counter(theirs)).values())
+    if not mine or not theirs or not common_tokens:
+        return 0.0
+    precision, recall = common_tokens / len(mine), common_tokens / len(theirs)
+    return 2 * precision * recall / (precision + recall)
+
+
+def run_locomo(client: Client, path: str, per_conversation: int, seed: int, tenant: str = "answers-locomo",
+               policies=tuple(POLICIES)) -> dict:
+    rows = []
+    for conversation in locomo.load(path):
+        answerable = [q for q in conversation.questions if q.answer]
+        questions = random.Random(seed).sample(answerable, min(per_conversation, len(answerable)))
+        for policy in policies:
+            for question in questions:
+                text, figures = ask(client, conversation.turns, tenant, question.text, policy)
+                rows.append({"policy": policy, "category": question.category, "question": question.text,
+                             "gold": question.answer, "answer": text, "f1": round(f1(text, question.answer), 4),
+                             "contains": normalize(question.answer) in normalize(text), **figures})
+        print(f"locomo {conversation.sample_id}: {len(questions)} questions x {len(policies)} policies",
+              file=sys.stderr, flush=True)
+
+    def figures(selected: list[dict]) -> dict:
+        if not selected:
+            return {"questions": 0}
+        return {"questions": len(selected), "f1": round(sum(r["f1"] for r in selected) / len(selected), 4),
+                "contains": _share([r["contains"] for r in selected]),
+                "prompt_tokens_mean": round(sum(r["prompt_tokens"] for r in selected) / len(selected), 1)}
+
+    summary = {policy: {"overall": figures([r for r in rows if r["policy"] == policy]),
+                        **{f"{c}-{name}": figures([r for r in rows if r["policy"] == policy and r["category"] == c])
+                           for c, name in locomo.CATEGORIES.items()}}
+               for policy in policies}
+    return {"data": path, "questions_per_conversation": per_conversation, "summary": summary, "answers": rows}
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+def print_tables(report: dict) -> None:
+    facts = report["facts"]
+    distances = facts["distances"]
+    print(f"Planted facts: {facts['facts']} facts in a {facts['history_turns']}-turn history (seed {facts['seed']}); "
+          f"share answered with the planted value, by turns between fact and question")
+    print(common.md_table(["policy"] + [f"{d} turns" for d in distances] + ["all"],
+                          [[p] + [facts["accuracy_by_distance"][p][str(d)] for d in distances] + [facts["accuracy"][p]]
+                           for p in facts["accuracy"]]))
+    if report.get("locomo"):
+        summary = report["locomo"]["summary"]
+        categories = [k for k in next(iter(summary.values())) if k != "overall"]
+        print(f"\nLoCoMo ({report['locomo']['data']}), answer F1 / contains gold, per category")
+        print(common.md_table(
+            ["policy", "questions", "F1", "contains"] + [f"F1 {c}" for c in categories] + ["prompt tok"],
+            [[p, s["overall"]["questions"], s["overall"].get("f1"), s["overall"].get("contains")]
+             + [s[c].get("f1", "-") for c in categories] + [s["overall"].get("prompt_tokens_mean")]
+             for p, s in summary.items()]))
+
+
+def plot(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    facts = report["facts"]
+    fig, axis = plt.subplots(figsize=(6.5, 4))
+    for policy, by_distance in facts["accuracy_by_distance"].items():
+        axis.plot(facts["distances"], [by_distance[str(d)] for d in facts["distances"]], "o-", label=policy)
+    axis.set(xscale="log", ylim=(-0.05, 1.05), xlabel="turns between the fact and the question",
+             ylabel="answers with the planted value", title=f"{report['model_name']}: planted facts")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="imem bench answers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=None, help="a running server (default: start one on free ports)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--distances", default="10,100,1000", help="turns between a fact and its question")
+    parser.add_argument("--per-distance", type=int, default=3, help="facts planted at each distance")
+    parser.add_argument("--locomo", default=str(common.REPO_ROOT.parent / "shared" / "locomo" / "locomo-dev.json"),
+                        help="a LoCoMo file ('' to skip)")
+    parser.add_argument("--locomo-questions", type=int, default=6, help="questions per LoCoMo conversation")
+    parser.add_argument("--quick", action="store_true", help="distances 10,100,300, 2 facts each, 3 LoCoMo questions")
+    parser.add_argument("--json", default=None, help="output (default results/answers.json)")
+    args = parser.parse_args(argv)
+    distances = [int(d) for d in ("10,100,300" if args.quick else args.distances).split(",")]
+    per_distance = 2 if args.quick else args.per_distance
+    if len(distances) * per_distance > len(FACTS):
+        parser.error(f"at most {len(FACTS)} facts: distances x --per-distance is {len(distances) * per_distance}")
+    from imem.config import load
+
+    config = load()
+    started = time.perf_counter()
+    with common.server(args.url) as (grpc_url, _), Client(grpc_url) as client:
+        report = {"machine": common.machine(), "model": config.engine.model,
+                  "model_name": re.sub(r".*/", "", config.engine.model.rstrip("/")),
+                  "sampling": SAMPLING, "policies": POLICIES,
+                  "context_budget": config.memory.context_budget, "prompt_budget": config.memory.prompt_budget,
+                  "facts": run_facts(client, args.seed, distances, per_distance)}
+        if args.locomo:
+            report["locomo"] = run_locomo(client, args.locomo, 3 if args.quick else args.locomo_questions, args.seed)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print_tables(report)
+    path = common.write_results("answers", report, args.json)
+    plot(report, common.plot_path(path))
+    return 0
