@@ -42,6 +42,12 @@ def recall_options(payload: str) -> dict:
     return options
 
 
+def stored_nothing(prompt_tokens: int = 0) -> list:
+    """The commit outputs of a response that stored no turn."""
+    return [int_tensor("turn", 0), int_tensor("reply_turn", 0), int_tensor("prompt_tokens", prompt_tokens),
+            bytes_tensor("recalled", "[]")]
+
+
 class TritonPythonModel:
     def initialize(self, args):
         from transformers import AutoTokenizer
@@ -129,11 +135,9 @@ class TritonPythonModel:
         if request.is_cancelled():
             if not finish_reason:
                 self._abort_generation(handle_exchange(raw))
-            return outputs + [int_tensor("turn", 0), int_tensor("reply_turn", 0), int_tensor("prompt_tokens", 0),
-                              bytes_tensor("recalled", "[]")]
+            return outputs + stored_nothing()
         if not first and not finish_reason:
-            return outputs + [int_tensor("turn", 0), int_tensor("reply_turn", 0), int_tensor("prompt_tokens", 0),
-                              bytes_tensor("recalled", "[]")]
+            return outputs + stored_nothing()
         handle = decode_handle(raw)
         if not finish_reason:
             try:
@@ -142,8 +146,7 @@ class TritonPythonModel:
             except Exception as error:  # not an error here (see above): the final response stores it or fails
                 pb_utils.Logger.log_error(f"storing the message of {handle['exchange']} failed: {error!r}")
                 self.metrics.record("imem_memory_write_failures_total")
-                return outputs + [int_tensor("turn", 0), int_tensor("reply_turn", 0),
-                                  int_tensor("prompt_tokens", int(handle["prompt_tokens"])), bytes_tensor("recalled", "[]")]
+                return outputs + stored_nothing(int(handle["prompt_tokens"]))
             return outputs + [int_tensor("turn", user.turn), int_tensor("reply_turn", 0),
                               int_tensor("prompt_tokens", int(handle["prompt_tokens"])), bytes_tensor("recalled", "[]")]
         user, reply = self.memory.store_reply(handle, text(request, "llm_completion", required=False), finish_reason,

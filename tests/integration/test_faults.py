@@ -25,7 +25,9 @@ def wait_for(condition, seconds: float = 120, step: float = 0.5) -> bool:
     return condition()
 
 
-@pytest.fixture(scope="module")
+# Each fault server lives for its own tests only (class or function scope, not module): with the shared
+# server, two at a time is what the suite asks of the machine's memory.
+@pytest.fixture(scope="class")
 def supervised(new_service):
     """A server of its own (replies wait 60 s to be embedded), kept serving by `imem serve`'s supervisor."""
     running = new_service({"IMEM_BACKFILL_LINGER_MS": "60000"})
@@ -40,44 +42,45 @@ def supervised(new_service):
     running.server.stop()
 
 
-def test_the_embedder_gone_while_replies_wait_for_vectors_loses_nothing(supervised):
-    client = supervised.client()
-    replies = [client.chat("waiting", f"Note {i}: the boiler was serviced in March.", sampling={"max_tokens": 4})
-               for i in range(3)]
-    assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 3, 30)
-    for name, pid in supervised.server.stubs().items():
-        if name.startswith("embedder_"):
-            os.kill(pid, signal.SIGKILL)
-    # Everything stored can still be read; the supervisor notices the dead processes and restarts the
-    # server, whose memory model embeds what was left waiting.
-    assert wait_for(lambda: any("starting tritonserver again" in line for line in supervised.restarts), 30)
-    assert wait_for(lambda: any("ready again" in line for line in supervised.restarts), 300)
-    client = supervised.client()
-    turns = client.export("waiting")["turns"]
-    assert [t["text"] for t in turns if t["role"] == "assistant"] == [r.text for r in replies]
-    assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 0, 60)
-    # Found by similarity now, not only as a recent turn.
-    assert client.recall("waiting", "boiler")["recalled"]
+class TestUnderTheSupervisor:
+    def test_the_embedder_gone_while_replies_wait_for_vectors_loses_nothing(self, supervised):
+        client = supervised.client()
+        replies = [client.chat("waiting", f"Note {i}: the boiler was serviced in March.", sampling={"max_tokens": 4})
+                   for i in range(3)]
+        assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 3, 30)
+        for name, pid in supervised.server.stubs().items():
+            if name.startswith("embedder_"):
+                os.kill(pid, signal.SIGKILL)
+        # Everything stored can still be read; the supervisor notices the dead processes and restarts the
+        # server, whose memory model embeds what was left waiting.
+        assert wait_for(lambda: any("starting tritonserver again" in line for line in supervised.restarts), 30)
+        assert wait_for(lambda: any("ready again" in line for line in supervised.restarts), 300)
+        client = supervised.client()
+        turns = client.export("waiting")["turns"]
+        assert [t["text"] for t in turns if t["role"] == "assistant"] == [r.text for r in replies]
+        assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 0, 60)
+        # Found by similarity now, not only as a recent turn.
+        assert client.recall("waiting", "boiler")["recalled"]
 
 
-def test_a_killed_memory_process_is_replaced_and_keeps_every_turn(supervised):
-    client = supervised.client()
-    before = [client.chat("survivor", f"Fact {i}: the spare key is under pot {i}.", sampling={"max_tokens": 4})
-              for i in range(3)]
-    readies = sum("ready again" in line for line in supervised.restarts)
-    os.kill(supervised.server.stubs()["memory_0_0"], signal.SIGKILL)
-    # Triton names the dead stub, unless the supervisor is already stopping the server (the stream is cut).
-    with pytest.raises(ServiceError, match="not healthy|memory|Socket closed|failed to connect"):
-        client.chat("survivor", "Are you there?", sampling={"max_tokens": 4})
-    assert wait_for(lambda: sum("ready again" in line for line in supervised.restarts) > readies, 300)
-    client = supervised.client()
-    reply = client.chat("survivor", "Back again.", sampling={"max_tokens": 4})
-    turns = client.export("survivor")["turns"]
-    assert [t["text"] for t in turns if t["role"] == "assistant"][:3] == [r.text for r in before]
-    assert (reply.turn, reply.reply_turn) == (len(turns) - 1, len(turns))
+    def test_a_killed_memory_process_is_replaced_and_keeps_every_turn(self, supervised):
+        client = supervised.client()
+        before = [client.chat("survivor", f"Fact {i}: the spare key is under pot {i}.", sampling={"max_tokens": 4})
+                  for i in range(3)]
+        readies = sum("ready again" in line for line in supervised.restarts)
+        os.kill(supervised.server.stubs()["memory_0_0"], signal.SIGKILL)
+        # Triton names the dead stub, unless the supervisor is already stopping the server (the stream is cut).
+        with pytest.raises(ServiceError, match="not healthy|memory|Socket closed|failed to connect"):
+            client.chat("survivor", "Are you there?", sampling={"max_tokens": 4})
+        assert wait_for(lambda: sum("ready again" in line for line in supervised.restarts) > readies, 300)
+        client = supervised.client()
+        reply = client.chat("survivor", "Back again.", sampling={"max_tokens": 4})
+        turns = client.export("survivor")["turns"]
+        assert [t["text"] for t in turns if t["role"] == "assistant"][:3] == [r.text for r in before]
+        assert (reply.turn, reply.reply_turn) == (len(turns) - 1, len(turns))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def engine_service(new_service):
     running = new_service()
     yield running
