@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -30,6 +31,15 @@ SHM = "/dev/shm"
 # What a killed server leaves there: its stubs' regions, and the Python shared memory and semaphores
 # of vLLM's engine.
 SHM_KINDS = ("triton_", "psm_", "sem.loky-")
+
+# Triton 2.51's Python backend can deadlock at start-up: when a stub misses one health check while its
+# model initialises (descheduled for a second or two on a loaded machine), the thread loading that model
+# gives up on it and then waits for it to exit (waitpid) without killing it, while the stub finishes its
+# initialisation and waits for messages. The server never gets ready. A tritonserver thread blocked that
+# long in wait4() on one of its own live stubs is that deadlock: the stub is killed, the load fails, the
+# server exits, and it is started again.
+STUCK_STUB_S = 20
+WAIT4 = {"x86_64": "61", "aarch64": "260"}.get(platform.machine())
 
 
 def _pytriton_dir() -> Path:
@@ -134,8 +144,19 @@ class TritonServer:
 
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        waited_on: dict[int, float] = {}  # stub pid -> since when a tritonserver thread waits for its exit
+        killed_stuck_at = None
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            now = time.monotonic()
+            exited = self.process is not None and self.process.poll() is not None
+            # The start-up deadlock (STUCK_STUB_S), broken: once the load has failed, the same start again.
+            if killed_stuck_at is not None and (exited or now - killed_stuck_at > 60):
+                _warn("starting tritonserver again after killing its stuck model process")
+                self.kill()
+                self.start()
+                waited_on, killed_stuck_at = {}, None
+                continue
+            if exited:
                 raise RuntimeError(f"tritonserver exited with code {self.process.returncode} before it was ready"
                                    + self._load_errors())
             try:
@@ -144,6 +165,14 @@ class TritonServer:
                         return
             except OSError:
                 pass
+            waited_on = {pid: waited_on.get(pid, now) for pid in stubs_waited_on(self.process.pid)}
+            for pid, since in waited_on.items():
+                if now - since > STUCK_STUB_S and killed_stuck_at is None:
+                    _warn(f"tritonserver has waited {now - since:.0f} s for its model process {pid} to exit while "
+                          "starting (the Python backend's start-up deadlock): killing that process")
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed_stuck_at = now
             time.sleep(0.5)
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s" + self._load_errors())
 
@@ -212,6 +241,28 @@ def remove_unused_shared_memory(names: set[str]) -> None:
     for name in names - mapped:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(SHM, name))
+
+
+def _warn(message: str) -> None:
+    print(f"imem: {message}", file=sys.stderr, flush=True)
+
+
+def stubs_waited_on(server: int) -> set[int]:
+    """Live child processes of `server` that one of its threads is blocked waiting for in wait4()."""
+    waited = set()
+    for syscall in Path(f"/proc/{server}/task").glob("*/syscall"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = syscall.read_text().split()
+            if fields[0] == WAIT4:
+                waited.add(int(fields[1], 16))
+    return {pid for pid in waited if _parent_if_alive(pid) == server}
+
+
+def _parent_if_alive(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]) if fields[0] != "Z" else None
+    return None
 
 
 def group_members(group: int) -> list[int]:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,10 +81,13 @@ class RunningService:
         return self.log_path.read_text(errors="replace")
 
 
-def start_service(env: dict | None = None, data_dir: Path | None = None) -> RunningService:
-    """A new server with its own data folder (or `data_dir`) and log."""
+def start_service(env: dict | None = None, data_dir: Path | None = None, while_starting=None) -> RunningService:
+    """A new server with its own data folder (or `data_dir`) and log; `while_starting(server)` runs in a
+    thread from the moment it is started (a fault to inject while its models load)."""
     workdir = Path(tempfile.mkdtemp(prefix="imem-it-"))
     running = RunningService(data_dir or workdir / "data", workdir / "triton.log", env)
+    if while_starting:
+        threading.Thread(target=while_starting, args=(running.server,), daemon=True).start()
     try:
         running.start()
     except Exception:

@@ -1,7 +1,7 @@
 """Faults injected into real servers of their own: a model process killed (the supervisor of `imem serve`
 starts the server again), vLLM's engine killed mid-stream, the embedder gone while replies wait for their
-vectors, a full disk, and a data folder that lost its store. Each time the client gets an error that names
-the problem, and nothing acknowledged is lost."""
+vectors, a full disk, a data folder that lost its store, and a model process stalled while it loads. Each
+time the client gets an error that names the problem, and nothing acknowledged is lost."""
 
 import os
 import signal
@@ -150,3 +150,42 @@ def test_a_data_folder_without_its_store_is_refused_at_start_never_reset(new_ser
     with pytest.raises(RuntimeError, match="model 'memory' failed to load: .*no memory store at"):
         new_service(data_dir=data)
     assert list(data.iterdir()) == [], "an empty store was created in place of the missing one"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def test_a_model_process_stalled_while_it_loads_does_not_hang_the_start(new_service):
+    """Triton 2.51's Python backend deadlocks when a model process misses its health checks while its model
+    initialises (seen on a CPU-starved machine): tritonserver gives up on it, then waits for it to exit,
+    forever. Stopping the llm process for 12 s once its initialize() has begun brings that about every time;
+    the launcher sees tritonserver waiting on a live model process, kills that process and starts the
+    server again."""
+    stalled = []
+
+    def stall_llm(server):
+        assert wait_for(lambda: "llm_0_0" in server.stubs(), 120, 0.1)
+        stub = server.stubs()["llm_0_0"]
+        # its initialize() has begun once it has started its watcher (imem/orphans.py), a child process
+        assert wait_for(lambda: children(stub), 120, 0.1)
+        stalled.append(server.process.pid)
+        time.sleep(1)
+        os.kill(stub, signal.SIGSTOP)
+        time.sleep(12)
+        os.kill(stub, signal.SIGCONT)
+
+    running = new_service(while_starting=stall_llm)
+    try:
+        assert stalled and running.server.process.pid != stalled[0], "the stall did not make a second start"
+        reply = running.client().chat("after-a-stalled-start", "Hello there.", sampling={"max_tokens": 4})
+        assert (reply.turn, reply.reply_turn) == (1, 2)
+    finally:
+        running.server.stop()
