@@ -70,8 +70,11 @@ def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(
                                             "message": _bytes(f"Tell me a very long story, take {attempt}."),
                                             "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)})
         assert _idle(service)
-        assert service.metric("imem_llm_requests_cancelled_total") == cancelled + 1
-        assert service.metric("imem_llm_generated_tokens_total") - tokens < 1500
+        generated = service.metric("imem_llm_generated_tokens_total") - tokens
+        # Which way it failed, if it does (seen once, on a machine at load ~40): all 1,500 tokens means no
+        # cancellation reached the server; fewer, that the generation ended another way.
+        assert service.metric("imem_llm_requests_cancelled_total") == cancelled + 1, f"{generated:.0f} tokens"
+        assert generated < 1500
     turns = client.export(conversation)["turns"]
     assert [(t["turn"], t["role"], t["answered"]) for t in turns] == [(1, "user", False), (2, "user", False),
                                                                       (3, "user", False)]
