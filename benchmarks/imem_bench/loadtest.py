@@ -141,14 +141,25 @@ def run_locust(command: list[str], env: dict, prefix: Path) -> dict | None:
     wrote no statistics or did not exit. Locust exits 1 when any request failed; the summary says which."""
     (prefix.parent / f"{prefix.name}-command.txt").write_text(" ".join(command) + "\n")
     limit = seconds(command[command.index("--run-time") + 1]) + EXIT_GRACE_S
+    locust = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
     try:
-        completed = subprocess.run(command, env=env, cwd=REPO_ROOT, timeout=limit)
+        locust.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        print(f"Locust did not exit within {limit:.0f} s (its run time + {EXIT_GRACE_S} s): killed", file=sys.stderr)
+        # It has hung at exit now and then (once in 11 suites after the gevent fix): say where, then kill it.
+        try:
+            dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(locust.pid)],
+                                  capture_output=True, text=True, timeout=60)
+            where = dump.stdout or dump.stderr
+        except (OSError, subprocess.TimeoutExpired) as error:
+            where = f"no py-spy dump: {error}"
+        locust.kill()
+        locust.wait()
+        print(f"Locust did not exit within {limit:.0f} s (its run time + {EXIT_GRACE_S} s): killed; where it "
+              f"hung (py-spy):\n{where}", file=sys.stderr)
         return None
     stats = Path(f"{prefix}_stats.csv")
     if not stats.exists():
-        print(f"Locust wrote no statistics (exit code {completed.returncode})", file=sys.stderr)
+        print(f"Locust wrote no statistics (exit code {locust.returncode})", file=sys.stderr)
         return None
     return summarize(stats, Path(f"{prefix}_failures.csv"))
 
