@@ -131,8 +131,8 @@ def seconds(duration: str) -> float:
     return total + (float(number) if number else 0.0)
 
 
-# Locust stops its users at --run-time; past this many seconds more it has hung (a gRPC channel closed by
-# the garbage collector once blocked its exit for good) and is killed, as a failure.
+# Locust stops its users at --run-time; past this many seconds more it has hung (as it did when a gRPC
+# channel was closed a second time at exit: see _TritonClient in the locustfile) and is killed, as a failure.
 EXIT_GRACE_S = 120
 
 
@@ -145,7 +145,7 @@ def run_locust(command: list[str], env: dict, prefix: Path) -> dict | None:
     try:
         locust.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        # It has hung at exit now and then (once in 11 suites after the gevent fix): say where, then kill it.
+        # Say where it hung, then kill it.
         try:
             dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(locust.pid)],
                                   capture_output=True, text=True, timeout=60)
