@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imem_client.client import ServiceError
-from imem_serve.triton import group_members, supervise
+from imem_serve.triton import group_members, process_stat, supervise
 
 
 def wait_for(condition, seconds: float = 120, step: float = 0.5) -> bool:
@@ -153,14 +153,8 @@ def test_a_data_folder_without_its_store_is_refused_at_start_never_reset(new_ser
 
 
 def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            pass
-    return found
+    return [int(entry.name) for entry in Path("/proc").glob("[0-9]*")
+            if (process_stat(int(entry.name)) or ("", 0))[1] == pid]
 
 
 def test_a_model_process_stalled_while_it_loads_does_not_hang_the_start(new_service):

@@ -1,6 +1,8 @@
 """Memory outlives the server: a graceful restart keeps it, and a SIGKILL loses no acknowledged turn.
 (Named to run last: it restarts the shared server.)"""
 
+from pathlib import Path
+
 FACT = "The spare key is hidden under the blue flowerpot by the back door."
 
 
@@ -8,7 +10,10 @@ def test_memory_survives_a_restart(service):
     client = service.client()
     client.chat("restart-1", FACT, sampling={"max_tokens": 4})
     client.close()
+    ipc_dir = Path(service.server.ipc_dir)
+    assert any(path.is_socket() for path in ipc_dir.iterdir()), "vLLM's sockets are not in the server's own folder"
     service.restart()
+    assert not ipc_dir.exists(), "the stopped server's socket folder was left behind"
     client = service.client()
     recall = client.recall("restart-1", "Where is the spare key hidden?")
     assert any(t["text"] == FACT for t in recall["recalled"] + recall["recent"])
