@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,10 +145,10 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout: float = 300.0) -> None:
-        import urllib.request
-
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        # Triton opens its metrics port after it reports ready (40 ms later, once, here: a test that read a
+        # metric at once was refused), so ready means both answer.
+        ready = (f"http://127.0.0.1:{self.http_port}/v2/health/ready", f"http://127.0.0.1:{self.metrics_port}/metrics")
         waited_on: dict[int, float] = {}  # stub pid -> since when a tritonserver thread waits for its exit
         killed_stuck_at = None
         while time.monotonic() < deadline:
@@ -163,12 +164,8 @@ class TritonServer:
             if exited:
                 raise RuntimeError(f"tritonserver exited with code {self.process.returncode} before it was ready"
                                    + self._load_errors())
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if all(_answers(url) for url in ready):
+                return
             waited_on = {pid: waited_on.get(pid, now) for pid in stubs_waited_on(self.process.pid)}
             for pid, since in waited_on.items():
                 if now - since > STUCK_STUB_S and killed_stuck_at is None:
@@ -247,6 +244,12 @@ def remove_unused_shared_memory(names: set[str]) -> None:
     for name in names - mapped:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(SHM, name))
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
+        return response.status == 200
+    return False
 
 
 def _warn(message: str) -> None:

@@ -1,6 +1,7 @@
 """Memory outlives the server: a graceful restart keeps it, and a SIGKILL loses no acknowledged turn.
 (Named to run last: it restarts the shared server.)"""
 
+import urllib.request
 from pathlib import Path
 
 FACT = "The spare key is hidden under the blue flowerpot by the back door."
@@ -13,6 +14,9 @@ def test_memory_survives_a_restart(service):
     ipc_dir = Path(service.server.ipc_dir)
     assert any(path.is_socket() for path in ipc_dir.iterdir()), "vLLM's sockets are not in the server's own folder"
     service.restart()
+    # Ready means every endpoint answers: Triton opens its metrics port after its HTTP one.
+    with urllib.request.urlopen(f"http://127.0.0.1:{service.server.metrics_port}/metrics", timeout=5) as metrics:
+        assert metrics.status == 200
     assert not ipc_dir.exists(), "the stopped server's socket folder was left behind"
     client = service.client()
     recall = client.recall("restart-1", "Where is the spare key hidden?")
