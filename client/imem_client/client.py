@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -21,7 +22,16 @@ import numpy as np
 
 
 class ServiceError(RuntimeError):
-    """The server rejected or failed the request; the message is the server's."""
+    """The server rejected or failed the request (the message is the server's), or could not be reached."""
+
+
+def _service_error(error: Exception, address: str) -> ServiceError:
+    """tritonclient's error as a ServiceError. gRPC words a refused or cut connection a dozen ways ("Socket
+    closed", "Stream removed", "failed to connect to all addresses", ...); all of them are UNAVAILABLE."""
+    message = error.message() if hasattr(error, "message") else str(error)
+    if hasattr(error, "status") and error.status() == "StatusCode.UNAVAILABLE":
+        return ServiceError(f"the server at {address} is unavailable (connection refused or lost): {message}")
+    return ServiceError(message)
 
 
 @dataclass
@@ -151,12 +161,17 @@ class Client:
             self._client.start_stream(callback=lambda result, error: responses.put((result, error)),
                                       stream_timeout=self.timeout)
             try:
-                self._client.async_stream_infer(model, inputs, request_id=uuid.uuid4().hex,
-                                                enable_empty_final_response=True)
+                try:
+                    self._client.async_stream_infer(model, inputs, request_id=uuid.uuid4().hex,
+                                                    enable_empty_final_response=True)
+                except Exception as error:  # the stream has already failed: gRPC's reason went to the callback
+                    with contextlib.suppress(queue.Empty):
+                        error = responses.get(timeout=5)[1] or error
+                    raise _service_error(error, self.address) from None
                 while True:
                     result, error = responses.get(timeout=self.timeout)
                     if error is not None:
-                        raise ServiceError(error.message() if hasattr(error, "message") else str(error))
+                        raise _service_error(error, self.address)
                     response = result.get_response()
                     final = response.parameters.get("triton_final_response")
                     if response.outputs:
@@ -217,8 +232,7 @@ class Client:
             else:
                 result = self._client.infer("memory", inputs, outputs=outputs)
         except Exception as error:  # tritonclient raises InferenceServerException with the server's text
-            message = error.message() if hasattr(error, "message") else str(error)
-            raise ServiceError(message) from None
+            raise _service_error(error, self.address) from None
         return json.loads(_scalar(result.as_numpy("result")))
 
     def __enter__(self) -> "Client":
