@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imem_client.client import Client
-from imem_serve.triton import TritonServer
+from imem_serve.triton import TritonServer, group_members
 
 
 def _free_port() -> int:
@@ -79,6 +79,11 @@ class RunningService:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def vllm_engine(self) -> int:
+        """The PID of the llm model's vLLM engine process (EngineCore)."""
+        return next(pid for pid in group_members(self.server.process.pid)
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::EngineCore"))
 
 
 def start_service(env: dict | None = None, data_dir: Path | None = None, while_starting=None) -> RunningService:

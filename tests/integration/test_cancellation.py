@@ -1,7 +1,9 @@
 """A client that cancels mid-stream: the generation stops, nothing stays in flight, and memory keeps the
 message (its answer had begun) without a reply."""
 
+import os
 import queue
+import signal
 import time
 
 import numpy as np
@@ -13,7 +15,9 @@ def _bytes(value: str) -> np.ndarray:
     return np.array([[value.encode()]], dtype=np.object_)
 
 
-def _start_and_cancel(service, model: str, tensors: dict, responses_first: int = 3) -> None:
+def _start_and_cancel(service, model: str, tensors: dict, responses_first: int = 3, engine: int = 0) -> None:
+    """Starts a stream and cancels it once `responses_first` responses have come. With `engine` (vLLM's
+    EngineCore), the engine is paused until then and let run 20 ms at a time while no response comes."""
     client = grpcclient.InferenceServerClient(service.grpc_url.removeprefix("grpc://"))
     inputs = []
     for name, array in tensors.items():
@@ -22,12 +26,31 @@ def _start_and_cancel(service, model: str, tensors: dict, responses_first: int =
         inputs.append(tensor)
     responses = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    client.async_stream_infer(model, inputs)
-    for _ in range(responses_first):  # a few tokens arrive, then the client walks away
-        result, error = responses.get(timeout=60)
-        assert error is None, error
-    client.stop_stream(cancel_requests=True)
+    if engine:
+        os.kill(engine, signal.SIGSTOP)
+    try:
+        client.async_stream_infer(model, inputs)
+        for _ in range(responses_first):  # a few tokens arrive, then the client walks away
+            result, error = _next_response(responses, engine)
+            assert error is None, error
+        client.stop_stream(cancel_requests=True)
+    finally:
+        if engine:
+            os.kill(engine, signal.SIGCONT)
     client.close()
+
+
+def _next_response(responses: queue.Queue, engine: int, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return responses.get(timeout=0.2 if engine else seconds)
+        except queue.Empty:
+            if not engine or time.monotonic() > deadline:
+                raise
+            os.kill(engine, signal.SIGCONT)
+            time.sleep(0.02)
+            os.kill(engine, signal.SIGSTOP)
 
 
 def _idle(service, seconds: float = 30) -> bool:
@@ -61,14 +84,17 @@ def test_cancelling_an_llm_stream_aborts_the_vllm_request(service):
 def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(service, client):
     """Through the chat ensemble every cancellation is seen: Triton marks the steps after it cancelled,
     memory passes them through (a failed step would leave the whole chat in flight in Triton 2.51) and
-    tells llm to stop."""
+    tells llm to stop. vLLM's engine is held while the client waits for its first responses: those wait
+    for memory to store the message, and a store slow enough lets the whole reply be generated first."""
     conversation = "cancelled-chat"
+    engine = service.vllm_engine()
     for attempt in range(3):
         cancelled, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
                                                                "imem_llm_generated_tokens_total"))
         _start_and_cancel(service, "chat", {"conversation_id": _bytes(conversation),
                                             "message": _bytes(f"Tell me a very long story, take {attempt}."),
-                                            "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)})
+                                            "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)},
+                          engine=engine)
         assert _idle(service)
         generated = service.metric("imem_llm_generated_tokens_total") - tokens
         # Which way it failed, if it does (seen once, on a machine at load ~40): all 1,500 tokens means no

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from imem_client.client import ServiceError
-from imem_serve.triton import group_members, process_stat, supervise
+from imem_serve.triton import process_stat, supervise
 
 
 def wait_for(condition, seconds: float = 120, step: float = 0.5) -> bool:
@@ -90,8 +90,7 @@ def engine_service(new_service):
 def test_a_dead_vllm_engine_fails_the_stream_with_an_error_and_is_started_again(engine_service):
     client = engine_service.client()
     client.chat("engine", "First, something short.", sampling={"max_tokens": 4})
-    engine = next(pid for pid in group_members(engine_service.server.process.pid)
-                  if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::EngineCore"))
+    engine = engine_service.vllm_engine()
     # The engine is killed once llm counts its first tokens, not when the client sees its first chunks: those
     # wait for memory to store the message, and a slow store let a whole reply be generated first (CI run).
     before = engine_service.metric("imem_llm_generated_tokens_total")
