@@ -43,7 +43,7 @@ def phase_row(name: str, summary: dict, sampler: MemorySampler) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imem_serve.triton import TritonServer
+    from imem_serve.triton import TritonServer, free_ports
 
     parser = argparse.ArgumentParser(prog="imem bench backpressure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,15 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="imem-backpressure-"))
-    ports = dict(http_port=common._free_port(), grpc_port=common._free_port(), metrics_port=common._free_port())
-    server = TritonServer(host="127.0.0.1", log_path=workdir / "triton.log", **ports,
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1",
+                          log_path=workdir / "triton.log",
                           env={"IMEM_DATA_DIR": str(workdir / "data"), "IMEM_MAX_GENERATIONS": str(args.max_generations)})
     print(f"starting tritonserver (log {workdir / 'triton.log'}) ...", flush=True)
     server.start()
     rows = []
     try:
         server.wait_ready(timeout=600)
-        env = locust_env(f"grpc://127.0.0.1:{ports['grpc_port']}", f"http://127.0.0.1:{ports['http_port']}",
+        env = locust_env(f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}",
                          args.max_tokens, 10)
         for name, users, seconds in (("calm", args.calm_users, args.calm_seconds),
                                      ("flood", args.flood_users, args.flood_seconds),

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import tempfile
 import time
@@ -83,12 +82,6 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 # ---- a server to measure -----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(url: str | None, env: dict | None = None, repository: str | None = None):
     """Yields (grpc_url, http_url): those of a running server when `url` is given, else of a fresh server
@@ -97,10 +90,11 @@ def server(url: str | None, env: dict | None = None, repository: str | None = No
         http = os.environ.get("IMEM_HTTP_URL") or url.replace("grpc://", "http://")
         yield url, http
         return
-    from imem_serve.triton import TritonServer
+    from imem_serve.triton import TritonServer, free_ports
 
     workdir = Path(tempfile.mkdtemp(prefix="imem-bench-"))
-    started = TritonServer(http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(), host="127.0.0.1",
+    http, grpc, metrics = free_ports(3)
+    started = TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1",
                            log_path=workdir / "triton.log",
                            env={"IMEM_DATA_DIR": str(workdir / "data"), **(env or {})})
     if repository:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -278,6 +280,27 @@ def process_stat(pid: int) -> tuple[str, int, int] | None:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return fields[0], int(fields[1]), int(fields[2])
     return None
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports that are free now, from just below the kernel's ephemeral range: tritonserver
+    binds its ports only once its models are loaded (~40 s on CPU), and meanwhile a port of the ephemeral
+    range can be taken as the local end of any connection."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports, held = [], []
+    try:
+        while len(ports) < count:
+            candidate = socket.socket()
+            held.append(candidate)
+            try:
+                candidate.bind(("127.0.0.1", random.randrange(max(1024, low - 12000), low)))
+            except OSError:  # in use, or already one of ours (held until all are found)
+                continue
+            ports.append(candidate.getsockname()[1])
+    finally:
+        for candidate in held:
+            candidate.close()
+    return ports
 
 
 def group_members(group: int) -> list[int]:

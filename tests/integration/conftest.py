@@ -2,7 +2,7 @@
 vLLM needs ~30 s to start on CPU, so the server is started once per session."""
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,13 +13,7 @@ from pathlib import Path
 import pytest
 
 from imem_client.client import Client
-from imem_serve.triton import TritonServer, group_members
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from imem_serve.triton import TritonServer, free_ports, group_members
 
 
 # Every test server refreshes memory's gauges (store size, turns waiting for a vector) every 0.5 s.
@@ -40,7 +34,8 @@ class RunningService:
     def __init__(self, data_dir: Path, log_path: Path, env: dict | None = None):
         self.data_dir = data_dir
         self.log_path = log_path
-        self.server = TritonServer(http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+        http, grpc, metrics = free_ports(3)
+        self.server = TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics,
                                    host="127.0.0.1", log_path=log_path,
                                    env={"IMEM_DATA_DIR": str(data_dir), **SESSION_ENV, **(env or {})})
 
@@ -145,7 +140,7 @@ class RunningGateway:
 
         from imem_gateway.keys import digest
 
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.keys = {name: f"imem-test-{name}-key" for name in self.KEYS}
         keys_file = workdir / "keys.json"
