@@ -80,6 +80,22 @@ class RunningService:
         return next(pid for pid in group_members(self.server.process.pid)
                     if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::EngineCore"))
 
+    @staticmethod
+    def step_engine(engine: int, until, seconds: float = 60) -> bool:
+        """Lets a paused (SIGSTOP) vLLM engine run 20 ms in every 200 ms until `until()` is true. A client's
+        first chunk waits for memory to store its message, and vLLM generates meanwhile: a test that acts
+        on what its client has received holds the engine, or a slow store lets the whole reply be generated
+        first (seen in CI)."""
+        deadline = time.monotonic() + seconds
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            os.kill(engine, signal.SIGCONT)
+            time.sleep(0.02)
+            os.kill(engine, signal.SIGSTOP)
+            time.sleep(0.18)
+        return True
+
 
 def start_service(env: dict | None = None, data_dir: Path | None = None, while_starting=None) -> RunningService:
     """A new server with its own data folder (or `data_dir`) and log; `while_starting(server)` runs in a

@@ -4,6 +4,7 @@ vectors, a full disk, a data folder that lost its store, and a model process sta
 time the client gets an error that names the problem, and nothing acknowledged is lost."""
 
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -54,7 +55,7 @@ class TestUnderTheSupervisor:
         # Everything stored can still be read; the supervisor notices the dead processes and restarts the
         # server, whose memory model embeds what was left waiting.
         assert wait_for(lambda: any("starting tritonserver again" in line for line in supervised.restarts), 30)
-        assert wait_for(lambda: any("ready again" in line for line in supervised.restarts), 300)
+        assert wait_for(lambda: any("ready again" in line for line in supervised.restarts), 600)
         client = supervised.client()
         turns = client.export("waiting")["turns"]
         assert [t["text"] for t in turns if t["role"] == "assistant"] == [r.text for r in replies]
@@ -72,7 +73,7 @@ class TestUnderTheSupervisor:
         # Triton names the dead stub, unless the supervisor is already stopping the server (the stream is cut).
         with pytest.raises(ServiceError, match="not healthy|memory|unavailable"):
             client.chat("survivor", "Are you there?", sampling={"max_tokens": 4})
-        assert wait_for(lambda: sum("ready again" in line for line in supervised.restarts) > readies, 300)
+        assert wait_for(lambda: sum("ready again" in line for line in supervised.restarts) > readies, 600)
         client = supervised.client()
         reply = client.chat("survivor", "Back again.", sampling={"max_tokens": 4})
         turns = client.export("survivor")["turns"]
@@ -91,28 +92,27 @@ def test_a_dead_vllm_engine_fails_the_stream_with_an_error_and_is_started_again(
     client = engine_service.client()
     client.chat("engine", "First, something short.", sampling={"max_tokens": 4})
     engine = engine_service.vllm_engine()
-    # The engine is killed once llm counts its first tokens, not when the client sees its first chunks: those
-    # wait for memory to store the message, and a slow store let a whole reply be generated first (CI run).
-    before = engine_service.metric("imem_llm_generated_tokens_total")
-    killed_after = []
+    received: queue.Queue = queue.Queue()
 
-    def kill_once_generating():
-        wait_for(lambda: engine_service.metric("imem_llm_generated_tokens_total") > before, 60, 0.005)
-        os.kill(engine, signal.SIGKILL)
-        killed_after.append(engine_service.metric("imem_llm_generated_tokens_total") - before)
+    def read_stream():
+        try:
+            for chunk in client.stream_chat("engine", "Now tell me a very long story.",
+                                            sampling={"max_tokens": 1500, "ignore_eos": True}):
+                received.put(chunk)
+            received.put("the stream ended without an error")
+        except ServiceError as error:
+            received.put(error)
 
-    killer = threading.Thread(target=kill_once_generating, daemon=True)
-    killer.start()
-    chunks, error = [], None
+    os.kill(engine, signal.SIGSTOP)  # held until the client has a chunk, then killed (see step_engine)
+    reader = threading.Thread(target=read_stream, daemon=True)
+    reader.start()
     try:
-        for chunk in client.stream_chat("engine", "Now tell me a very long story.",
-                                        sampling={"max_tokens": 1500, "ignore_eos": True}):
-            chunks.append(chunk)
-    except ServiceError as failed:
-        error = str(failed)
-    killer.join(timeout=60)
-    assert error and "generation failed" in error, \
-        f"stream ended with {error!r} after {len(chunks)} chunks; engine killed {killed_after} tokens in"
+        assert engine_service.step_engine(engine, until=lambda: not received.empty())
+    finally:
+        os.kill(engine, signal.SIGKILL)
+    reader.join(timeout=120)
+    outcome = list(received.queue)
+    assert isinstance(outcome[-1], ServiceError) and "generation failed" in str(outcome[-1]), outcome[-3:]
     turns = engine_service.client().export("engine")["turns"]
     # The interrupted message is kept, marked unanswered; no partial reply was stored as whole.
     assert [(t["role"], t.get("answered")) for t in turns] == [("user", True), ("assistant", None),
