@@ -233,9 +233,17 @@ class TritonServer:
 
 
 def remove_unused_shared_memory(names: set[str]) -> None:
-    """Removes those of `names` in /dev/shm that are Triton stub regions or Python shared memory (vLLM's
-    engine queues) and that no live process maps: a killed process cannot unlink its own."""
-    names = {n for n in names if n.startswith(SHM_KINDS)}
+    """Removes those of `names` in /dev/shm that are Triton stub regions or Python shared memory and
+    semaphores (vLLM's engine queues and locks) that nothing alive can still use: a killed process cannot
+    unlink its own. Other servers' files may be among `names` (everything new since this one started).
+
+    A region is in use while a live process maps it. A semaphore's creator maps it under the temporary
+    name glibc made it with (sem.XXXXXX, linked into place, then unlinked), so by its own name it is seen
+    only in processes that opened it afterwards: it is also kept while its creator (the pid in
+    sem.loky-<pid>-N, the names joblib's loky gives every multiprocessing lock) is alive. Seen removed
+    between a vLLM engine creating its workers' lock and its worker opening it, ~10 s on a loaded
+    machine: the worker failed to start, and so did that engine."""
+    names = {n for n in names if n.startswith(SHM_KINDS) and not _creator_alive(n)}
     if not names:
         return
     mapped = set()
@@ -246,6 +254,15 @@ def remove_unused_shared_memory(names: set[str]) -> None:
     for name in names - mapped:
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(SHM, name))
+
+
+def _creator_alive(name: str) -> bool:
+    """Whether the process named in a semaphore's name (sem.loky-<pid>-N) is alive; False for other names."""
+    if not name.startswith("sem.loky-"):
+        return False
+    pid = name.removeprefix("sem.loky-").split("-", 1)[0]
+    stat = process_stat(int(pid)) if pid.isdigit() else None
+    return stat is not None and stat[0] != "Z"
 
 
 def _answers(url: str) -> bool:
