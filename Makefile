@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model model clean loadtest aiperf perf-analyzer bench bench-quick crash soak backpressure deploy-check
+.PHONY: serve test unit integration venv dev-model model embedder clean loadtest aiperf perf-analyzer bench bench-quick crash soak backpressure deploy-check
 
 venv: $(VENV)/.installed
 
@@ -39,18 +39,22 @@ dev-model: venv
 model: venv
 	$(PY) -m imem.smollm2
 
+# all-MiniLM-L6-v2 exported once for ONNX Runtime under .build/minilm-onnx (checked against sentence-transformers).
+embedder: venv
+	$(PY) -m imem.embedding
+
 # The OpenAI-compatible gateway starts with Triton (port GATEWAY_PORT, default 8080); GATEWAY=0 leaves it out.
-serve: venv model
+serve: venv model embedder
 	$(VENV)/bin/imem serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		$(if $(filter 0 no false,$(GATEWAY)),,--gateway)
 
-test: venv dev-model model
+test: venv dev-model model embedder
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-unit: venv
+unit: venv embedder
 	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
 
-integration: venv dev-model model
+integration: venv dev-model model embedder
 	$(PY) -m pytest -ra tests/integration $(PYTEST_ARGS)
 
 clean:
@@ -85,7 +89,7 @@ perf-analyzer: .venv-perf/.installed
 
 # The four benchmarks behind the README's performance figures (results/*.json and *.png). Each starts
 # what it needs (overhead and embedder their own tritonserver); BENCH_ARGS=--quick for a short run.
-bench: venv dev-model
+bench: venv dev-model embedder
 	$(VENV)/bin/imem bench overhead $(BENCH_ARGS)
 	$(VENV)/bin/imem bench scale $(BENCH_ARGS)
 	$(VENV)/bin/imem bench prompt-cost $(BENCH_ARGS)
@@ -94,11 +98,11 @@ bench: venv dev-model
 # Reliability (README "Guarantees"). Each starts its own server on free ports and writes results/<name>.json.
 ROUNDS  ?= 50
 MINUTES ?= 20
-crash: venv dev-model
+crash: venv dev-model embedder
 	$(VENV)/bin/imem bench crash --rounds $(ROUNDS)
-soak: venv dev-model
+soak: venv dev-model embedder
 	$(VENV)/bin/imem bench soak --minutes $(MINUTES)
-backpressure: venv dev-model
+backpressure: venv dev-model embedder
 	$(VENV)/bin/imem bench backpressure
 
 # Offline checks of docker/ and deploy/ with real linters (hadolint, helm, kubeconform; installed under .build/deploy-tools).

@@ -40,10 +40,14 @@ def tokenizer(dev_model_path):
 
 @pytest.fixture(scope="session")
 def embedder():
+    """The default embedder (all-MiniLM-L6-v2 on ONNX Runtime), exported first if `make` has not."""
     from imem.config import EmbedderConfig
-    from imem.embedding import Embedder
+    from imem.embedding import Embedder, build_onnx
 
-    return Embedder(EmbedderConfig())
+    config = EmbedderConfig()
+    if config.runtime == "onnx" and not config.model and not (Path(config.onnx_path) / "model.onnx").exists():
+        build_onnx(Path(config.onnx_path))
+    return Embedder(config)
 
 
 class OneCallAtATime:

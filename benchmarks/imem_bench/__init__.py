@@ -10,6 +10,7 @@ BENCHMARKS = {
     "scale": "recall latency and ingest rate as the store grows",
     "prompt-cost": "prompt tokens versus conversation length, next to the full history",
     "embedder": "embedder throughput through Triton versus sentence-transformers in-process",
+    "ingest": "how fast `imem memory ingest` imports a long history (turns/s)",
     "loadtest": "a headless Locust run of loadtest/locustfile.py, summarised (make loadtest)",
     "crash": "kill the server at random moments under load, restart it, check every acknowledged turn (make crash)",
     "durability": "write latency with and without a disk sync per write (IMEM_FLUSH_EACH_WRITE)",

@@ -4,9 +4,9 @@ and 32 concurrent callers, next to sentence-transformers called directly in one 
 The bench starts its own tritonserver on a scratch repository holding only two embedder models: `embedder`
 with model_repository/embedder/config.pbtxt as it is (dynamic batching) and `embedder_nobatch`, the same
 config without its dynamic_batching block (so no vLLM is loaded). Each caller sends one short sentence per
-request over gRPC, back to back, for --seconds. In-process: the same all-MiniLM-L6-v2 (imem.embedding) with
-1 torch thread (the server's IMEM_EMBEDDER_THREADS default) and with one per core, one sentence per call
-and 32 per call.
+request over gRPC, back to back, for --seconds. In-process: the same all-MiniLM-L6-v2 (imem.embedding) on
+ONNX Runtime (the CPU default, as memory runs it) and on torch (sentence-transformers), each with 1 thread
+(the server's IMEM_EMBEDDER_THREADS default) and with one per core, one sentence per call and 32 per call.
 
     imem bench embedder
     imem bench embedder --quick
@@ -85,16 +85,18 @@ async def through_triton(url: str, model: str, callers: int, seconds: float, tex
             "mean_batch": round(len(latencies) / executions, 2) if executions else None}
 
 
-def in_process(threads: int, batch: int, seconds: float, texts: list[str]) -> dict:
+def in_process(runtime: str, threads: int, batch: int, seconds: float, texts: list[str]) -> dict:
+    from dataclasses import replace
+
     import torch
 
     from imem.config import EmbedderConfig
     from imem.embedding import Embedder
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # the torch runtime's; an ONNX session takes `threads` from its config
     try:
-        embedder = Embedder(EmbedderConfig())
+        embedder = Embedder(replace(EmbedderConfig(), runtime=runtime, threads=threads))
         for start in range(0, 64, batch):  # warm-up
             embedder.embed(texts[start:start + batch])
         done, i, started = 0, 0, time.perf_counter()
@@ -115,7 +117,7 @@ def report(result: dict) -> str:
             rows.append([label, f"{callers} caller(s)", m["sentences_per_s"], m["latency_p50_ms"], m["latency_p95_ms"],
                          m["mean_batch"]])
     for key, m in result["in_process"].items():
-        rows.append([f"sentence-transformers in-process, {key}", "1 (this process)", m["sentences_per_s"],
+        rows.append([f"in-process, {key}", "1 (this process)", m["sentences_per_s"],
                      m["ms_per_call"], "-", key.split("batch ")[-1]])
     return common.md_table(["how", "concurrency", "sentences/s", "latency p50 ms", "latency p95 ms", "sentences/batch"],
                            rows)
@@ -169,11 +171,12 @@ def main(argv: list[str]) -> int:
                           f"p50 {m['latency_p50_ms']} ms, mean batch {m['mean_batch']}", flush=True)
     finally:
         shutil.rmtree(repository, ignore_errors=True)
-    for threads in sorted({1, os.cpu_count() or 1}):
-        for batch in (1, 32):
-            key = f"{threads} thread(s), batch {batch}"
-            result["in_process"][key] = in_process(threads, batch, args.seconds, texts)
-            print(f"  in-process {key}: {result['in_process'][key]['sentences_per_s']} sentences/s", flush=True)
+    for runtime in ("onnx", "torch"):
+        for threads in sorted({1, os.cpu_count() or 1}):
+            for batch in (1, 32):
+                key = f"{runtime}, {threads} thread(s), batch {batch}"
+                result["in_process"][key] = in_process(runtime, threads, batch, args.seconds, texts)
+                print(f"  in-process {key}: {result['in_process'][key]['sentences_per_s']} sentences/s", flush=True)
     print()
     print(report(result))
     result = {"benchmark": "embedder", "machine": common.machine(),

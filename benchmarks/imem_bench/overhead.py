@@ -24,8 +24,10 @@ import time
 from imem_bench import common
 from imem_bench.synthetic import Conversation, history
 
-TARGET_ADDED_P50_MS = 15.0
-TARGET_THROUGHPUT_RATIO = 0.80
+# Issue 12: memory adds at most 8 ms at p50 for one conversation, and chat keeps at least these shares of
+# the bare llm's tokens/s.
+TARGET_ADDED_P50_MS = 8.0
+TARGET_THROUGHPUT_RATIO = {"8": 0.92, "32": 0.90}
 
 
 class PromptMaker:
@@ -76,10 +78,17 @@ async def _ingest(client, grpc, tenant: str, conversations: list[str], turns: in
         await client.infer("memory", inputs)
 
 
+def llm_prompts(maker: PromptMaker, prompt_tokens: list[list[int]], per_worker: int) -> list[list[str]]:
+    """Each llm worker's prompts for one phase, replaying the sizes its chat worker saw. Made before the
+    phase is timed: making one takes the tokenizer several passes, which would otherwise be charged to
+    the bare llm's latency and throughput (and, in the one event loop, hold up every other stream)."""
+    return [[maker.make(sizes[step % len(sizes)]) for step in range(per_worker)] for sizes in prompt_tokens]
+
+
 async def _phase(clients, grpc, kind: str, tenant: str, scripts: list[Conversation], per_worker: int,
-                 prompt_tokens: list[list[int]], maker: PromptMaker, sampling: str) -> list[common.Sample]:
+                 prompts: list[list[str]], sampling: str) -> list[common.Sample]:
     """`len(scripts)` workers, each `per_worker` requests back to back; chat continues its conversation,
-    llm replays the prompt sizes that chat's worker saw."""
+    llm sends the prompts made for it (llm_prompts)."""
 
     async def worker(index: int):
         client, out = clients[index % len(clients)], []
@@ -94,9 +103,7 @@ async def _phase(clients, grpc, kind: str, tenant: str, scripts: list[Conversati
                           common.bytes_input(grpc, "sampling_parameters", sampling)]
                 out.append(await common.stream_once(client, "chat", inputs))
             else:
-                sizes = prompt_tokens[index]
-                prompt = maker.make(sizes[step % len(sizes)])
-                inputs = [common.bytes_input(grpc, "text_input", prompt), common.bool_input(grpc, "stream", True),
+                inputs = [common.bytes_input(grpc, "text_input", prompts[index][step]), common.bool_input(grpc, "stream", True),
                           common.bytes_input(grpc, "sampling_parameters", sampling),
                           common.bool_input(grpc, "exclude_input_in_output", True)]
                 out.append(await common.stream_once(client, "llm", inputs))
@@ -127,12 +134,12 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
             print(f"\n{concurrency} conversation(s): ingesting {history_turns} turns of history each ...", flush=True)
             await _ingest(clients[0], grpc, tenant, [s.id for s in scripts], history_turns, seed)
             # Warm-up: not measured; gives the prompt sizes for the llm phases.
-            warm = await _phase(clients, grpc, "chat", tenant, scripts, 2, [], maker, sampling)
+            warm = await _phase(clients, grpc, "chat", tenant, scripts, 2, [], sampling)
             failed = [s.error for s in warm if s.error]
             if failed:
                 raise RuntimeError(f"chat failed during warm-up: {failed[0]}")
             sizes = [[s.prompt_tokens for s in warm[i * 2:(i + 1) * 2]] for i in range(concurrency)]
-            await _phase(clients, grpc, "llm", tenant, scripts, 1, sizes, maker, sampling)
+            await _phase(clients, grpc, "llm", tenant, scripts, 1, llm_prompts(maker, sizes, 1), sampling)
             samples: dict[str, list[common.Sample]] = {"chat": [], "llm": []}
             # Rounds alternate chat and llm: throughput is over each model's own phases, not the span between.
             walls = {"chat": 0.0, "llm": 0.0}
@@ -140,9 +147,10 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
             for round_ in range(rounds):
                 order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
                 for kind in order:
+                    prompts = llm_prompts(maker, sizes, per_worker) if kind == "llm" else []
                     before = await common.model_stats(clients[0], ["embedder", "memory", "llm"]) if kind == "chat" else None
                     started = time.perf_counter()
-                    got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, sizes, maker, sampling)
+                    got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, prompts, sampling)
                     walls[kind] += time.perf_counter() - started
                     if kind == "chat":
                         after = await common.model_stats(clients[0], ["embedder", "memory", "llm"])
@@ -252,12 +260,13 @@ def main(argv: list[str]) -> int:
         "added_p95_ms": first.get("added_p95_ms"),
         "added_ttft_p50_ms": first.get("added_ttft_p50_ms"),
         "throughput_ratio": {k: v.get("throughput_ratio") for k, v in levels.items()},
-        "targets": {"added_p50_ms_below": TARGET_ADDED_P50_MS, "throughput_ratio_at_8_at_least": TARGET_THROUGHPUT_RATIO},
+        "targets": {"added_p50_ms_at_most": TARGET_ADDED_P50_MS, "throughput_ratio_at_least": TARGET_THROUGHPUT_RATIO},
     }
     result["targets"]["added_p50_met"] = (first.get("added_p50_ms") is not None and concurrencies[0] == 1
-                                          and first["added_p50_ms"] < TARGET_ADDED_P50_MS)
-    if "8" in levels and levels["8"].get("throughput_ratio") is not None:
-        result["targets"]["throughput_ratio_met"] = levels["8"]["throughput_ratio"] >= TARGET_THROUGHPUT_RATIO
+                                          and first["added_p50_ms"] <= TARGET_ADDED_P50_MS)
+    result["targets"]["throughput_ratio_met"] = {
+        key: levels[key]["throughput_ratio"] >= floor for key, floor in TARGET_THROUGHPUT_RATIO.items()
+        if levels.get(key, {}).get("throughput_ratio") is not None}
     path = common.write_results("overhead", result, args.json)
     plot(levels, common.plot_path(path))
     errors = sum(level[m].get("errors", 0) for level in levels.values() for m in ("chat", "llm"))

@@ -1,22 +1,18 @@
-"""Triton entry point of the `embedder` model: a batch of texts in, unit-length vectors out."""
+"""Triton entry point of the `embedder` model: a batch of texts in, unit-length vectors out. For direct use
+(clients, perf_analyzer): memory embeds with its own copy of the same embedder, in its own process."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from imem.config import load
-from imem.embedding import Embedder
+from imem.embedding import model_process_embedder
 from imem.orphans import die_with_server
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = load().embedder
         die_with_server()  # a stub orphaned by a crash can hang in exit(): see imem/orphans.py
-        if config.threads > 0 and config.kind == "minilm":
-            import torch
-
-            torch.set_num_threads(config.threads)
-        self.embedder = Embedder(config)
+        self.embedder = model_process_embedder(load().embedder)
 
     def execute(self, requests):
         # Dynamic batching hands us several requests: embed them in one call.

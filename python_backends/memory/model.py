@@ -1,10 +1,10 @@
 """Triton entry point of the `memory` model, the only owner of the turn store.
 
 It serves three kinds of request, told apart by which inputs are present:
-  * recall (chat step 2): conversation_id, tenant, message, query_embedding (, system, recall_policy) ->
-    prompt, handle. Reads only:
-    a request refused here (bad input, cancelled) or by llm (busy) leaves memory as it was.
-  * commit (chat step 4, once per llm response): memory_handle + llm_* tensors -> the chat outputs. The
+  * recall (chat step 1): conversation_id, tenant, message (, system, recall_policy) -> prompt, handle.
+    The message is embedded here, in this process: no Triton hop. Reads only: a request refused here
+    (bad input, cancelled) or by llm (busy) leaves memory as it was.
+  * commit (chat step 3, once per llm response): memory_handle + llm_* tensors -> the chat outputs. The
     first response stores the user turn, the final one the reply, each before it is sent on: a message is
     stored once its answer begins, and a reply is durable before it is acknowledged.
   * a direct operation: operation (recall | ingest | export | delete) + ids + payload -> result (JSON);
@@ -17,7 +17,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from imem.backfill import VectorBackfill
+from imem.cancellation import CancellationChecks
 from imem.config import load
+from imem.embedding import model_process_embedder
 from imem.memory import Memory, decode_handle, encode_handle, handle_exchange
 from imem.metrics import MemoryMetrics
 from imem.orphans import die_with_server
@@ -56,13 +58,17 @@ class TritonPythonModel:
         config = load()
         tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
         self.store = open_store(config.memory, dim=config.embedder.dim)
+        # Messages, replies, ingested history and direct recall queries are all embedded here: a chat
+        # message costs one embedding and no Triton hop (the `embedder` model is for direct use).
+        self.embedder = model_process_embedder(config.embedder)
         # Replies are embedded off the client's path; on start it also embeds any reply that a crash left
-        # stored without its vector (retrying until the embedder model is up).
-        self.backfill = VectorBackfill(self.store, self._embed, log=pb_utils.Logger.log_warn,
+        # stored without its vector.
+        self.backfill = VectorBackfill(self.store, self.embedder.embed, log=pb_utils.Logger.log_warn,
                                        linger=config.memory.backfill_linger_ms / 1000)
-        self.memory = Memory(config.memory, self.store, tokenizer, self._embed, self.backfill)
+        self.memory = Memory(config.memory, self.store, tokenizer, self.embedder.embed, self.backfill)
         self.limits = config.memory
         self.aborted: dict[str, None] = {}  # exchanges whose generation was asked to stop (oldest first)
+        self.cancellation_checks = CancellationChecks()
         self.metrics = MemoryMetrics(pb_utils, self.store.stats, interval=config.memory.metrics_interval_s)
 
     def execute(self, requests):
@@ -102,14 +108,12 @@ class TritonPythonModel:
         self.store.check_writable()  # refuse now, not after generating a reply that could not be stored
         message = text(request, "message", max_bytes=self.limits.max_message_bytes)
         system = text(request, "system", required=False, max_bytes=self.limits.max_message_bytes)
-        vector = optional_input(request, "query_embedding")
-        if vector is None:
-            raise BadRequest("'query_embedding' is required")
-        vector = vector.reshape(-1).astype(np.float32)
         policy = text(request, "recall_policy", required=False, default="default", max_bytes=64)
         if policy == "full":
             raise BadRequest("'recall_policy' full has no token budget: it is for the direct recall only")
-        recall = self.memory.recall(tenant, conversation_id, message, vector, system, policy)
+        recall = self.memory.recall(tenant, conversation_id, message, None, system, policy)
+        vector = self.memory.message_vector(recall)
+        self.metrics.record("imem_memory_embed_duration_ms", recall.embed_ms)
         self.metrics.record("imem_memory_recall_duration_ms", recall.recall_ms)
         self.metrics.record("imem_memory_turns_recalled", len(recall.prompt.recalled) + len(recall.prompt.recent))
         self.metrics.record("imem_memory_context_tokens", recall.prompt.context_tokens)
@@ -125,16 +129,21 @@ class TritonPythonModel:
         2.51 an ensemble whose step fails while llm still streams never completes (the request stays in
         flight until the server exits), so an error can only be told on the final response."""
         raw = text(request, "memory_handle")
+        exchange = handle_exchange(raw)
         finish_reason = text(request, "llm_finish_reason", required=False)
         first = bool(scalar(request, "llm_first_response", False))
         outputs = [bytes_tensor("text_output", text(request, "llm_text", required=False)),
                    bytes_tensor("finish_reason", finish_reason),
                    int_tensor("completion_tokens", int(optional_input(request, "llm_output_tokens").reshape(-1)[0]))]
         # The client went away (the ensemble marks the steps after its cancellation): store nothing more,
-        # and stop the generation, which Triton 2.51 does not tell llm about.
-        if request.is_cancelled():
+        # and stop the generation, which Triton 2.51 does not tell llm about. Always asked before a store;
+        # between, at most every 50 ms (each question is a round trip to the server: imem/cancellation.py).
+        due = self.cancellation_checks.due(exchange)
+        if finish_reason:
+            self.cancellation_checks.forget(exchange)
+        if (due or first or finish_reason) and request.is_cancelled():
             if not finish_reason:
-                self._abort_generation(handle_exchange(raw))
+                self._abort_generation(exchange)
             return outputs + stored_nothing()
         if not first and not finish_reason:
             return outputs + stored_nothing()
@@ -187,24 +196,9 @@ class TritonPythonModel:
             result = self.memory.delete(tenant, conversation_id)
         return [bytes_tensor("result", json.dumps(result))]
 
-    def _embed(self, texts):
-        """Embeds through the `embedder` model (BLS), so one copy of the embedding model serves all."""
-        vectors = []
-        for start in range(0, len(texts), 64):
-            chunk = texts[start:start + 64]
-            response = pb_utils.InferenceRequest(
-                model_name="embedder",
-                inputs=[pb_utils.Tensor("text", np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_))],
-                requested_output_names=["embedding"],
-            ).exec()
-            if response.has_error():
-                raise RuntimeError(f"embedder: {response.error().message()}")
-            vectors.append(pb_utils.get_output_tensor_by_name(response, "embedding").as_numpy())
-        return np.concatenate(vectors) if vectors else np.zeros((0, 384), dtype=np.float32)
-
     def finalize(self):
-        # Triton allows no BLS call (the embedder) once unloading has begun: what is not embedded by now
-        # stays stored without its vector and is embedded on the next start.
+        # A graceful stop does not wait for the replies still lingering to be embedded: they are stored
+        # without their vector, and embedded on the next start.
         self.backfill.close(timeout=0)
         self.metrics.close()
         self.store.close()

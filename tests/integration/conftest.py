@@ -1,4 +1,4 @@
-"""One real tritonserver (embedder, memory, vLLM, chat ensemble) shared by every integration test.
+"""One real tritonserver (memory, vLLM, the embedder, the chat ensemble) shared by every integration test.
 vLLM needs ~30 s to start on CPU, so the server is started once per session."""
 
 import os

@@ -62,7 +62,7 @@ def test_empty_message_is_refused(client, stored):
 
 def test_non_utf8_message_is_refused(service, stored):
     error = _raw_chat(service, {"conversation_id": text(CONVERSATION), "message": text(b"caf\xe9 \xff")})
-    assert "message to embed is not valid UTF-8" in error
+    assert "'message' is not valid UTF-8 (byte 3)" in error
 
 
 def test_wrong_tensor_type_is_refused(service, stored):

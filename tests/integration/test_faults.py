@@ -1,5 +1,5 @@
 """Faults injected into real servers of their own: a model process killed (the supervisor of `imem serve`
-starts the server again), vLLM's engine killed mid-stream, the embedder gone while replies wait for their
+starts the server again), vLLM's engine killed mid-stream, a restart while replies wait for their
 vectors, a full disk, a data folder that lost its store, and a model process stalled while it loads. Each
 time the client gets an error that names the problem, and nothing acknowledged is lost."""
 
@@ -44,11 +44,13 @@ def supervised(new_service):
 
 
 class TestUnderTheSupervisor:
-    def test_the_embedder_gone_while_replies_wait_for_vectors_loses_nothing(self, supervised):
+    def test_a_restart_while_replies_wait_for_vectors_loses_nothing(self, supervised):
         client = supervised.client()
         replies = [client.chat("waiting", f"Note {i}: the boiler was serviced in March.", sampling={"max_tokens": 4})
                    for i in range(3)]
         assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 3, 30)
+        # The embedder model's process: not on the chat path (memory embeds in its own process), but any
+        # dead model process makes the supervisor restart the whole server.
         for name, pid in supervised.server.stubs().items():
             if name.startswith("embedder_"):
                 os.kill(pid, signal.SIGKILL)
