@@ -21,6 +21,7 @@ import json
 import random
 import time
 
+from imem import config
 from imem_bench import common
 from imem_bench.synthetic import Conversation, history
 
@@ -103,8 +104,8 @@ async def _phase(clients, grpc, kind: str, tenant: str, scripts: list[Conversati
                           common.bytes_input(grpc, "sampling_parameters", sampling)]
                 out.append(await common.stream_once(client, "chat", inputs))
             else:
-                inputs = [common.bytes_input(grpc, "text_input", prompts[index][step]), common.bool_input(grpc, "stream", True),
-                          common.bytes_input(grpc, "sampling_parameters", sampling),
+                inputs = [common.bytes_input(grpc, "text_input", prompts[index][step]),
+                          common.bool_input(grpc, "stream", True), common.bytes_input(grpc, "sampling_parameters", sampling),
                           common.bool_input(grpc, "exclude_input_in_output", True)]
                 out.append(await common.stream_once(client, "llm", inputs))
         return out
@@ -255,6 +256,8 @@ def main(argv: list[str]) -> int:
         "benchmark": "overhead",
         "machine": common.machine(),
         "settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
+        # tokens per streamed response of the server this bench started (a --url server's is not known here)
+        "stream_interval": None if args.url else config.load().engine.stream_interval,
         "levels": levels,
         "added_p50_ms": first.get("added_p50_ms"),
         "added_p95_ms": first.get("added_p95_ms"),

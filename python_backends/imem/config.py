@@ -118,7 +118,7 @@ class EngineConfig:
 @dataclass(frozen=True)
 class EmbedderConfig:
     # "minilm": all-MiniLM-L6-v2 itself; "static": distilled into a static model (model2vec), a table
-    # look-up per sentence, but it finds less of the LoCoMo evidence (0.715 against 0.744: README "Embedder").
+    # look-up per sentence, but it finds less of the LoCoMo evidence (0.715 against 0.744: README "Retrieval quality").
     kind: str = field(default_factory=lambda: _env("IMEM_EMBEDDER", "minilm"))
     # What runs minilm: "onnx", ONNX Runtime on the CPU (its export, built by `python -m imem.embedding`:
     # the same vectors, about half the time per sentence), or "torch", sentence-transformers (any device;
