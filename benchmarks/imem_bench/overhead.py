@@ -29,6 +29,10 @@ from imem_bench.synthetic import Conversation, history
 # the bare llm's tokens/s.
 TARGET_ADDED_P50_MS = 8.0
 TARGET_THROUGHPUT_RATIO = {"8": 0.92, "32": 0.90}
+# Pause before each timed phase: memory embeds a chat phase's replies in the background (backfill, which
+# lingers IMEM_BACKFILL_LINGER_MS), and without the pause that work ran into the next phase and was
+# charged to the bare llm's tokens/s whenever the bare llm came next.
+SETTLE_S = 2.0
 
 
 class PromptMaker:
@@ -149,6 +153,7 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                 order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
                 for kind in order:
                     prompts = llm_prompts(maker, sizes, per_worker) if kind == "llm" else []
+                    await asyncio.sleep(SETTLE_S)
                     before = await common.model_stats(clients[0], ["embedder", "memory", "llm"]) if kind == "chat" else None
                     started = time.perf_counter()
                     got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, prompts, sampling)

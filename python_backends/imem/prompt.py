@@ -28,6 +28,9 @@ from imem.turn import ScoredTurn, Turn
 MEMORY_HEADER = "Memory of this conversation (earlier turns, oldest first; use them when relevant):"
 SYSTEM_MEMORY_HEADER = "What you remember from earlier in this conversation:"
 RECENT_HEADER = "Most recent turns:"
+# Token counts of turn lines kept per packer: the same turns are offered chat after chat (the recent ones
+# every time), and counting them was a third of packing.
+KNOWN_COUNTS = 8192
 MESSAGE_HEADER = "Current message:"
 # Below this many tokens a truncated turn says too little to be worth its place.
 MIN_TRUNCATED_TOKENS = 16
@@ -120,6 +123,7 @@ class PromptPacker:
         self.system_role = has_system_role(tokenizer)
         self.memory_header = SYSTEM_MEMORY_HEADER if self.system_role else MEMORY_HEADER
         self.bullet = "- " if self.system_role else ""
+        self._known: dict[str, int] = {}  # text -> tokens, oldest first
 
     def neutralize(self, text: str) -> str:
         """User text with every special token's spelling broken up (stored text is never changed)."""
@@ -131,9 +135,16 @@ class PromptPacker:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _counts(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        """Token counts of lines and labels that recur from prompt to prompt, remembered."""
+        known = self._known
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            for text, ids in zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"]):
+                known[text] = len(ids)
+        counts = [known[t] for t in texts]
+        while len(known) > KNOWN_COUNTS:
+            del known[next(iter(known))]
+        return counts
 
     def render(self, message: str, recalled: list[ScoredTurn], recent: list[Turn], system: str = "") -> str:
         parts = [system.strip()] if system.strip() else []
@@ -177,7 +188,7 @@ class PromptPacker:
             return PackedPrompt(bare, bare_tokens)
         # Estimated cost, summed line by line: headers once, a line per turn, a date line per new date.
         # Tokens merge a little across line breaks; the rendered prompt below is the truth.
-        used = self.count("\n\n".join([self.memory_header, RECENT_HEADER, MESSAGE_HEADER])) + 6
+        used = self._counts(["\n\n".join([self.memory_header, RECENT_HEADER, MESSAGE_HEADER])])[0] + 6
         lines = self._counts([turn_line(item if kind == "recent" else item.turn, self.bullet) for kind, item in candidates])
         dates: dict[tuple[str, str], int] = {}
         chosen_recent: list[Turn] = []
@@ -187,7 +198,7 @@ class PromptPacker:
                 break
             turn = item if kind == "recent" else item.turn
             key = (kind, date_label(turn.timestamp))
-            date_cost = 0 if key in dates or not key[1] else self.count(f"[{key[1]}]") + 1
+            date_cost = 0 if key in dates or not key[1] else self._counts([f"[{key[1]}]"])[0] + 1
             cost = line_cost + 1 + date_cost
             if used + cost > limit:
                 room = limit - used - date_cost - self.count(turn_line(replace(turn, text=""), self.bullet)) - 2

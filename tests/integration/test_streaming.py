@@ -1,6 +1,9 @@
 """Streaming over gRPC and HTTP: several chunks for a long answer, and memory stores exactly the text the
 client received."""
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 
@@ -27,3 +30,28 @@ def test_a_non_streamed_reply_arrives_whole(service, protocol):
     assert reply.chunks == 1 and reply.completion_tokens == 8 and reply.text
     assert client.export(f"whole-{protocol}")["turns"][1]["text"] == reply.text
 
+
+def test_concurrent_streams_arrive_in_generation_order(service):
+    """Every llm response of every chat passes through memory's commit step (model_repository/chat): with
+    16 streams at once, each one's responses arrive in the order llm sent them, the first and the final
+    one store the exchange, and the stored reply is the streamed text."""
+    run = uuid.uuid4().hex[:8]
+
+    def one(index):
+        client = service.client("grpc")
+        try:
+            conversation = f"in-order-{run}-{index}"
+            return conversation, list(client.stream_chat(conversation, f"Tell me story number {index}.",
+                                                         sampling={"max_tokens": 48, "ignore_eos": True}))
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    client = service.client("grpc")
+    for conversation, chunks in results:
+        counts = [c.completion_tokens for c in chunks]  # tokens so far: grows with every response llm sent
+        assert counts == sorted(set(counts)) and counts[-1] == 48, counts
+        assert chunks[0].turn == 1 and chunks[-1].final and chunks[-1].reply_turn == 2
+        assert len(chunks) > 2  # some responses passed through between the two that store
+        assert client.export(conversation)["turns"][1]["text"] == "".join(c.text for c in chunks)
