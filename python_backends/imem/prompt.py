@@ -28,12 +28,12 @@ from imem.turn import ScoredTurn, Turn
 MEMORY_HEADER = "Memory of this conversation (earlier turns, oldest first; use them when relevant):"
 SYSTEM_MEMORY_HEADER = "What you remember from earlier in this conversation:"
 RECENT_HEADER = "Most recent turns:"
-# Token counts of turn lines kept per packer: the same turns are offered chat after chat (the recent ones
-# every time), and counting them was a third of packing.
-KNOWN_COUNTS = 8192
 MESSAGE_HEADER = "Current message:"
 # Below this many tokens a truncated turn says too little to be worth its place.
 MIN_TRUNCATED_TOKENS = 16
+# Token counts of turn lines kept per packer: the same turns are offered chat after chat (the recent ones
+# every time), and counting them was a third of packing.
+KNOWN_COUNTS = 8192
 
 
 @dataclass
@@ -124,6 +124,7 @@ class PromptPacker:
         self.memory_header = SYSTEM_MEMORY_HEADER if self.system_role else MEMORY_HEADER
         self.bullet = "- " if self.system_role else ""
         self._known: dict[str, int] = {}  # text -> tokens, oldest first
+        self._header_tokens = self.count("\n\n".join([self.memory_header, RECENT_HEADER, MESSAGE_HEADER]))
 
     def neutralize(self, text: str) -> str:
         """User text with every special token's spelling broken up (stored text is never changed)."""
@@ -188,7 +189,7 @@ class PromptPacker:
             return PackedPrompt(bare, bare_tokens)
         # Estimated cost, summed line by line: headers once, a line per turn, a date line per new date.
         # Tokens merge a little across line breaks; the rendered prompt below is the truth.
-        used = self._counts(["\n\n".join([self.memory_header, RECENT_HEADER, MESSAGE_HEADER])])[0] + 6
+        used = self._header_tokens + 6
         lines = self._counts([turn_line(item if kind == "recent" else item.turn, self.bullet) for kind, item in candidates])
         dates: dict[tuple[str, str], int] = {}
         chosen_recent: list[Turn] = []

@@ -38,13 +38,9 @@ def test_concurrent_streams_arrive_in_generation_order(service):
     run = uuid.uuid4().hex[:8]
 
     def one(index):
-        client = service.client("grpc")
-        try:
-            conversation = f"in-order-{run}-{index}"
-            return conversation, list(client.stream_chat(conversation, f"Tell me story number {index}.",
-                                                         sampling={"max_tokens": 48, "ignore_eos": True}))
-        finally:
-            client.close()
+        conversation = f"in-order-{run}-{index}"
+        return conversation, list(service.client("grpc").stream_chat(
+            conversation, f"Tell me story number {index}.", sampling={"max_tokens": 48, "ignore_eos": True}))
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(16)))
