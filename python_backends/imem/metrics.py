@@ -25,6 +25,8 @@ MEMORY_METRICS = {
     "imem_memory_turns_written_total": ("COUNTER", "Turns stored (chat messages, replies, ingested history)", None),
     "imem_memory_write_failures_total": ("COUNTER", "Writes to the store that failed (the request got an error)",
                                          None),
+    "imem_memory_chats_cancelled_total": ("COUNTER", "Chats whose client went away while llm generated (memory "
+                                          "asked llm to stop; the message stays stored, unanswered)", None),
     "imem_memory_turns_stored": ("GAUGE", "Turns in the store, every tenant and conversation", None),
     "imem_memory_vectors_missing": ("GAUGE", "Stored turns still without their dense vector (replies waiting to be "
                                     "embedded in the background)", None),

@@ -170,6 +170,7 @@ class TritonPythonModel:
         if exchange in self.aborted:
             return
         self.aborted[exchange] = None
+        self.metrics.record("imem_memory_chats_cancelled_total")
         while len(self.aborted) > 1024:
             self.aborted.pop(next(iter(self.aborted)))
         abort = pb_utils.InferenceRequest(

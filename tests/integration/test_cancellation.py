@@ -15,9 +15,10 @@ def _bytes(value: str) -> np.ndarray:
     return np.array([[value.encode()]], dtype=np.object_)
 
 
-def _start_and_cancel(service, model: str, tensors: dict, responses_first: int = 3, engine: int = 0) -> None:
-    """Starts a stream and cancels it once `responses_first` responses have come; with `engine` (vLLM's
-    EngineCore) paused meanwhile, let run only while the client waits (RunningService.step_engine)."""
+def _start_and_cancel(service, model: str, tensors: dict, engine: int, responses_first: int = 3) -> float:
+    """Starts a stream and cancels it once `responses_first` responses have come, with `engine` (vLLM's
+    EngineCore) paused meanwhile and let run only while the client waits (RunningService.step_engine).
+    Returns llm's token count when the client cancelled."""
     client = grpcclient.InferenceServerClient(service.grpc_url.removeprefix("grpc://"))
     inputs = []
     for name, array in tensors.items():
@@ -26,74 +27,95 @@ def _start_and_cancel(service, model: str, tensors: dict, responses_first: int =
         inputs.append(tensor)
     responses = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    if engine:
-        os.kill(engine, signal.SIGSTOP)
+    os.kill(engine, signal.SIGSTOP)
     try:
         client.async_stream_infer(model, inputs)
         for _ in range(responses_first):  # a few tokens arrive, then the client walks away
-            if engine:
-                assert service.step_engine(engine, until=lambda: not responses.empty())
+            assert service.step_engine(engine, until=lambda: not responses.empty())
             result, error = responses.get(timeout=60)
             assert error is None, error
+        tokens = service.metric("imem_llm_generated_tokens_total")
         client.stop_stream(cancel_requests=True)
-        if engine:  # the cancellation reaches llm behind memory's queue: until then the engine runs slowly
-            service.step_engine(engine, until=lambda: service.metric("imem_llm_requests_running") == 0)
+        # the cancellation reaches llm behind memory's queue: until then the engine runs slowly
+        service.step_engine(engine, until=lambda: service.metric("imem_llm_requests_running") == 0)
     finally:
-        if engine:
-            os.kill(engine, signal.SIGCONT)
+        os.kill(engine, signal.SIGCONT)
     client.close()
+    return tokens
+
+
+def _wait(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _idle(service, seconds: float = 300) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and service.metric("imem_llm_requests_running") > 0:
-        time.sleep(0.1)
-    return service.metric("imem_llm_requests_running") == 0
+    return _wait(lambda: service.metric("imem_llm_requests_running") == 0, seconds)
 
 
 LONG = '{"max_tokens": 1500, "ignore_eos": true}'
 
 
 def test_cancelling_an_llm_stream_aborts_the_vllm_request(service):
-    """Triton 2.51 passes a gRPC stream cancellation on to a decoupled model called directly only some of
-    the time (seen: 2 of 3 tries), so the client cancels up to five generations; each one the model is
-    told about must be aborted in vLLM at once, long before its 1,500 tokens, and nothing may be left
-    running."""
+    """A gRPC stream cancellation reaches llm called directly (the request is marked cancelled) and vLLM's
+    generation is aborted at once, long before its 1,500 tokens, with nothing left running. The engine is
+    held while the client waits; a take whose cancel came after the last token (a stalled test on a busy
+    machine, see step_engine) stopped nothing, and another is tried, up to five."""
     tensors = {"text_input": _bytes("Tell me everything."), "stream": np.array([[True]]),
                "sampling_parameters": _bytes(LONG)}
-    before = service.metric("imem_llm_requests_cancelled_total")
+    engine = service.vllm_engine()
     for _ in range(5):
-        tokens_before = service.metric("imem_llm_generated_tokens_total")
-        _start_and_cancel(service, "llm", tensors)
+        cancelled, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
+                                                               "imem_llm_generated_tokens_total"))
+        _start_and_cancel(service, "llm", tensors, engine)
         assert _idle(service)
-        if service.metric("imem_llm_requests_cancelled_total") > before:
-            assert service.metric("imem_llm_generated_tokens_total") - tokens_before < 1500
+        if service.metric("imem_llm_requests_cancelled_total") == cancelled + 1:
+            assert service.metric("imem_llm_generated_tokens_total") - tokens < 1500
             return
-    pytest.fail("no cancellation reached the llm model in 5 tries")
+        assert service.metric("imem_llm_generated_tokens_total") - tokens == 1500  # it ran to the end
+    pytest.fail("no cancellation came before the last token in 5 tries")
 
 
 def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(service, client):
     """Through the chat ensemble every cancellation is seen: Triton marks the steps after it cancelled,
     memory passes them through (a failed step would leave the whole chat in flight in Triton 2.51) and
-    tells llm to stop."""
+    tells llm to stop. The engine is held while the client waits, but on a busy machine the test itself
+    can stall past the last token (see step_engine): a cancel that came too late to stop anything leaves
+    the reply stored whole or not at all, never in part; two of at most six takes must stop llm."""
     conversation = "cancelled-chat"
     engine = service.vllm_engine()
-    for attempt in range(3):
-        cancelled, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
-                                                               "imem_llm_generated_tokens_total"))
-        _start_and_cancel(service, "chat", {"conversation_id": _bytes(conversation),
-                                            "message": _bytes(f"Tell me a very long story, take {attempt}."),
-                                            "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)},
-                          engine=engine)
+    stopped, late, seen = 0, [], 0  # turns stored before this take
+    for take in range(6):
+        cancelled, aborted, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
+                                                                        "imem_memory_chats_cancelled_total",
+                                                                        "imem_llm_generated_tokens_total"))
+        at_cancel = _start_and_cancel(
+            service, "chat", {"conversation_id": _bytes(conversation),
+                              "message": _bytes(f"Tell me a very long story, take {take}."),
+                              "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)},
+            engine=engine) - tokens
         assert _idle(service)
         generated = service.metric("imem_llm_generated_tokens_total") - tokens
-        # Which way it failed, if it does (seen once, on a machine at load ~40): all 1,500 tokens means no
-        # cancellation reached the server; fewer, that the generation ended another way.
-        assert service.metric("imem_llm_requests_cancelled_total") == cancelled + 1, f"{generated:.0f} tokens"
-        assert generated < 1500
-    turns = client.export(conversation)["turns"]
-    assert [(t["turn"], t["role"], t["answered"]) for t in turns] == [(1, "user", False), (2, "user", False),
-                                                                      (3, "user", False)]
+        turns = client.export(conversation)["turns"]
+        stored = [(t["role"], t.get("answered"), (t["metadata"] or {}).get("completion_tokens")) for t in turns[seen:]]
+        seen = len(turns)
+        diagnosis = f"take {take}: {generated:.0f} tokens, {at_cancel:.0f} when the client cancelled; stored {stored}"
+        if service.metric("imem_llm_requests_cancelled_total") == cancelled + 1:  # stopped by memory, in time
+            assert stored == [("user", False, None)], diagnosis
+            # memory's counter reaches Triton every 0.5 s here
+            assert _wait(lambda: service.metric("imem_memory_chats_cancelled_total") == aborted + 1, 10), diagnosis
+            stopped += 1
+            if stopped == 2:
+                break
+        else:  # the generation had ended (1,500 tokens, or fewer at the model's context length)
+            whole = [("user", True, None), ("assistant", None, generated)]
+            assert stored in (whole, [("user", False, None)]), diagnosis
+            late.append(diagnosis)
+    assert stopped == 2, f"{stopped} of {take + 1} cancels stopped llm; too late: {late}"
     # The conversation goes on: the next exchange is whole and numbered after the interrupted ones.
     reply = client.chat(conversation, "Just say hello then.", sampling={"max_tokens": 4})
-    assert (reply.turn, reply.reply_turn) == (4, 5)
+    assert (reply.turn, reply.reply_turn) == (seen + 1, seen + 2)
