@@ -23,6 +23,15 @@ SESSION_ENV = {"IMEM_METRICS_INTERVAL_S": "0.5"}
 OPEN_CLIENTS: list[Client] = []
 
 
+def wait_for(condition, seconds: float = 120, step: float = 0.5) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
 @pytest.fixture(autouse=True)
 def close_clients():
     yield

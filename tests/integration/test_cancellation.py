@@ -4,11 +4,12 @@ message (its answer had begun) without a reply."""
 import os
 import queue
 import signal
-import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+
+from conftest import wait_for
 
 
 def _bytes(value: str) -> np.ndarray:
@@ -44,17 +45,8 @@ def _start_and_cancel(service, model: str, tensors: dict, engine: int, responses
     return tokens
 
 
-def _wait(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def _idle(service, seconds: float = 300) -> bool:
-    return _wait(lambda: service.metric("imem_llm_requests_running") == 0, seconds)
+    return wait_for(lambda: service.metric("imem_llm_requests_running") == 0, seconds, step=0.1)
 
 
 LONG = '{"max_tokens": 1500, "ignore_eos": true}'
@@ -101,19 +93,22 @@ def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(
         assert _idle(service)
         generated = service.metric("imem_llm_generated_tokens_total") - tokens
         turns = client.export(conversation)["turns"]
-        stored = [(t["role"], t.get("answered"), (t["metadata"] or {}).get("completion_tokens")) for t in turns[seen:]]
+        stored = [(t["turn"], t["role"], t.get("answered"), (t["metadata"] or {}).get("completion_tokens"))
+                  for t in turns[seen:]]
+        unanswered = [(seen + 1, "user", False, None)]
+        whole = [(seen + 1, "user", True, None), (seen + 2, "assistant", None, generated)]
         seen = len(turns)
         diagnosis = f"take {take}: {generated:.0f} tokens, {at_cancel:.0f} when the client cancelled; stored {stored}"
         if service.metric("imem_llm_requests_cancelled_total") == cancelled + 1:  # stopped by memory, in time
-            assert stored == [("user", False, None)], diagnosis
+            assert stored == unanswered, diagnosis
             # memory's counter reaches Triton every 0.5 s here
-            assert _wait(lambda: service.metric("imem_memory_chats_cancelled_total") == aborted + 1, 10), diagnosis
+            assert wait_for(lambda: service.metric("imem_memory_chats_cancelled_total") == aborted + 1, 10,
+                            step=0.1), diagnosis
             stopped += 1
             if stopped == 2:
                 break
         else:  # the generation had ended (1,500 tokens, or fewer at the model's context length)
-            whole = [("user", True, None), ("assistant", None, generated)]
-            assert stored in (whole, [("user", False, None)]), diagnosis
+            assert stored in (whole, unanswered), diagnosis
             late.append(diagnosis)
     assert stopped == 2, f"{stopped} of {take + 1} cancels stopped llm; too late: {late}"
     # The conversation goes on: the next exchange is whole and numbered after the interrupted ones.

@@ -13,17 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
 from imem_client.client import ServiceError
 from imem_serve.triton import process_stat, supervise
-
-
-def wait_for(condition, seconds: float = 120, step: float = 0.5) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 # Each fault server lives for its own tests only (class or function scope, not module): with the shared
