@@ -261,7 +261,7 @@ def main(argv: list[str]) -> int:
 
     config = load()
     started = time.perf_counter()
-    with common.server(args.url) as (grpc_url, _), Client(grpc_url) as client:
+    with common.server(args.url) as (grpc_url, _, _), Client(grpc_url) as client:
         report = {"machine": common.machine(), "model": config.engine.model,
                   "model_name": re.sub(r".*/", "", config.engine.model.rstrip("/")),
                   "sampling": SAMPLING, "policies": POLICIES,

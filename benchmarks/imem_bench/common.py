@@ -84,11 +84,11 @@ def md_table(header: list[str], rows: list[list]) -> str:
 # ---- a server to measure -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def server(url: str | None, env: dict | None = None, repository: str | None = None):
-    """Yields (grpc_url, http_url): those of a running server when `url` is given, else of a fresh server
-    (its own ports and data folder) that is stopped afterwards."""
+    """Yields (grpc_url, http_url, server): those of a running server when `url` is given (server None),
+    else of a fresh server (its own ports and data folder, a TritonServer) that is stopped afterwards."""
     if url:
         http = os.environ.get("IMEM_HTTP_URL") or url.replace("grpc://", "http://")
-        yield url, http
+        yield url, http, None
         return
     from imem_serve.triton import TritonServer, free_ports
 
@@ -103,7 +103,7 @@ def server(url: str | None, env: dict | None = None, repository: str | None = No
     started.start()
     try:
         started.wait_ready(timeout=600)
-        yield f"grpc://127.0.0.1:{started.grpc_port}", f"http://127.0.0.1:{started.http_port}"
+        yield f"grpc://127.0.0.1:{started.grpc_port}", f"http://127.0.0.1:{started.http_port}", started
     finally:
         started.stop()
 

@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
     repository = scratch_repository()
     result: dict = {"triton": {}, "in_process": {}}
     try:
-        with common.server(None, repository=str(repository)) as (grpc_url, _):
+        with common.server(None, repository=str(repository)) as (grpc_url, _, _):
             for model in ("embedder", "embedder_nobatch"):
                 result["triton"][model] = {}
                 for n in callers:

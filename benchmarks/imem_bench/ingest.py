@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         path = Path(folder) / "history.jsonl"
         path.write_text("\n".join(json.dumps(h) for h in history(random.Random(args.seed), args.turns)) + "\n")
         runs = []
-        with common.server(args.url) as (grpc_url, _):
+        with common.server(args.url) as (grpc_url, _, _):
             for run in range(args.runs):
                 result = ingest_once(grpc_url, f"history-{int(time.time())}-{run}", path)
                 if result["ingested"] != args.turns:

@@ -7,7 +7,9 @@ For each concurrency (conversations in flight at once), the same load is sent tw
 Both stream over Triton gRPC with the same sampling (max_tokens, ignore_eos: every completion has the same
 length). Conversations are first given --history turns of synthetic history (memory ingest), so recall
 works on a real store and prompts are full-sized. Reported per concurrency: time to first token, full-
-response latency, tokens/s, and Triton's own per-model time for the chat requests (where the added time goes).
+response latency, tokens/s, Triton's own per-model time for the chat requests (where the added time goes),
+and, when the bench started the server, the CPU time each of its processes used per request of either
+kind (what the added time costs on cores that memory and vLLM share).
 
     imem bench overhead                       # starts its own server; 1, 8 and 32 conversations
     imem bench overhead --url grpc://localhost:8001 --quick
@@ -23,6 +25,7 @@ import time
 
 from imem import config
 from imem_bench import common
+from imem_bench.processes import cpu_by_role
 from imem_bench.synthetic import Conversation, history
 
 # Issue 12: memory adds at most 8 ms at p50 for one conversation, and chat keeps at least these shares of
@@ -118,8 +121,13 @@ async def _phase(clients, grpc, kind: str, tenant: str, scripts: list[Conversati
     return [s for worker_samples in results for s in worker_samples]
 
 
+def cpu_ms_per_request(used: dict, requests: int) -> dict:
+    """{process: CPU seconds} over some requests as CPU milliseconds per request."""
+    return {name: round(seconds * 1000 / max(requests, 1), 2) for name, seconds in used.items()}
+
+
 async def measure(url: str, concurrencies: list[int], per_worker_min: int, requests_min: int, rounds: int,
-                  history_turns: int, max_tokens: int, seed: int) -> dict:
+                  history_turns: int, max_tokens: int, seed: int, server=None) -> dict:
     import tritonclient.grpc as grpc
     import tritonclient.grpc.aio as aio
 
@@ -148,6 +156,7 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
             samples: dict[str, list[common.Sample]] = {"chat": [], "llm": []}
             # Rounds alternate chat and llm: throughput is over each model's own phases, not the span between.
             walls = {"chat": 0.0, "llm": 0.0}
+            cpu = {"chat": {}, "llm": {}}  # CPU seconds used during each model's phases, per process
             stats = {}
             for round_ in range(rounds):
                 order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
@@ -155,9 +164,12 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                     prompts = llm_prompts(maker, sizes, per_worker) if kind == "llm" else []
                     await asyncio.sleep(SETTLE_S)
                     before = await common.model_stats(clients[0], ["embedder", "memory", "llm"]) if kind == "chat" else None
+                    cpu_before = cpu_by_role(server) if server else {}
                     started = time.perf_counter()
                     got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, prompts, sampling)
                     walls[kind] += time.perf_counter() - started
+                    for name, used in (cpu_by_role(server) if server else {}).items():
+                        cpu[kind][name] = cpu[kind].get(name, 0.0) + used - cpu_before.get(name, used)
                     if kind == "chat":
                         after = await common.model_stats(clients[0], ["embedder", "memory", "llm"])
                         stats = common.stats_delta(before, after, len(got))
@@ -172,6 +184,9 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                           flush=True)
             chat, llm = (common.summarize_samples(samples[kind], walls[kind]) for kind in ("chat", "llm"))
             level = {"concurrency": concurrency, "chat": chat, "llm": llm, "triton_ms_per_chat_request": stats}
+            if server:
+                level["cpu_ms_per_request"] = {kind: cpu_ms_per_request(cpu[kind], len(samples[kind]))
+                                               for kind in ("chat", "llm")}
             if chat.get("tokens_per_s") and llm.get("tokens_per_s"):
                 level["throughput_ratio"] = round(chat["tokens_per_s"] / llm["tokens_per_s"], 3)
                 level["added_ttft_p50_ms"] = round(chat["ttft_p50_ms"] - llm["ttft_p50_ms"], 2)
@@ -203,6 +218,8 @@ def report(levels: dict) -> str:
             lines.append(f"{key} conversation(s): chat keeps {level['throughput_ratio']:.0%} of bare llm tokens/s; "
                          f"adds {level['added_p50_ms']:+.1f} ms p50, {level['added_p95_ms']:+.1f} ms p95 "
                          f"(TTFT {level['added_ttft_p50_ms']:+.1f} ms p50); Triton time per chat request: {where}")
+            for kind, used in level.get("cpu_ms_per_request", {}).items():
+                lines.append(f"  CPU ms per {kind} request: " + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
     return "\n".join(lines)
 
 
@@ -251,9 +268,9 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.concurrency, args.requests, args.rounds, args.history = "1,8", 16, 2, 10
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    with common.server(args.url) as (grpc_url, _):
+    with common.server(args.url) as (grpc_url, _, server):
         levels = common.run_async(measure(grpc_url, concurrencies, args.per_conversation, args.requests, args.rounds,
-                                          args.history, args.max_tokens, args.seed))
+                                          args.history, args.max_tokens, args.seed, server))
     print()
     print(report(levels))
     first = levels[str(concurrencies[0])]

@@ -1,8 +1,10 @@
-"""Resident memory of every process of a running server, sampled in the background: tritonserver, each
-model instance's stub, vLLM's engine and workers (soak and back-pressure benchmarks)."""
+"""What each process of a running server uses: its resident memory, sampled in the background (soak and
+back-pressure benchmarks), and the CPU time it has used (overhead benchmark): tritonserver, each model
+instance's stub, vLLM's engine and workers."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,33 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of the process so far, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent working, all cores, every process (the client's too)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in
+                                                          Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(server: TritonServer) -> dict[str, float]:
+    """{role: CPU seconds used so far} for the server's processes, with "machine" for the whole machine."""
+    stubs = {pid: name for name, pid in server.stubs().items()}
+    used = {"machine": busy_cpu_seconds()}
+    for pid in group_members(server.process.pid):
+        name, value = role(pid, stubs, server.process.pid), cpu_seconds(pid)
+        if name and value is not None:
+            used[name] = used.get(name, 0.0) + value
+    return used
 
 
 class MemorySampler:
