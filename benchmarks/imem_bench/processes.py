@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from imem_serve.triton import TritonServer, group_members
 
@@ -52,15 +53,20 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def by_role(server: TritonServer, measure: Callable[[int], float | None]) -> dict[str, float]:
+    """{role: measure(pid)} over the server's processes; several of one role (vLLM workers) add up."""
+    stubs = {pid: name for name, pid in server.stubs().items()}
+    out: dict[str, float] = {}
+    for pid in group_members(server.process.pid):
+        name, value = role(pid, stubs, server.process.pid), measure(pid)
+        if name and value is not None:
+            out[name] = out.get(name, 0.0) + value
+    return out
+
+
 def cpu_by_role(server: TritonServer) -> dict[str, float]:
     """{role: CPU seconds used so far} for the server's processes, with "machine" for the whole machine."""
-    stubs = {pid: name for name, pid in server.stubs().items()}
-    used = {"machine": busy_cpu_seconds()}
-    for pid in group_members(server.process.pid):
-        name, value = role(pid, stubs, server.process.pid), cpu_seconds(pid)
-        if name and value is not None:
-            used[name] = used.get(name, 0.0) + value
-    return used
+    return {"machine": busy_cpu_seconds(), **by_role(server, cpu_seconds)}
 
 
 class MemorySampler:
@@ -88,12 +94,7 @@ class MemorySampler:
             self.sample()
 
     def sample(self) -> None:
-        stubs = {pid: name for name, pid in self.server.stubs().items()}
-        rss: dict[str, float] = {}
-        for pid in group_members(self.server.process.pid):
-            name, value = role(pid, stubs, self.server.process.pid), rss_mib(pid)
-            if name and value is not None:
-                rss[name] = round(rss.get(name, 0) + value, 1)  # several vLLM workers add up
+        rss = {name: round(mib, 1) for name, mib in by_role(self.server, rss_mib).items()}
         self.samples.append({"t_s": round(time.monotonic() - self.started, 1), "rss_mib": rss})
 
     def growth(self) -> dict:
