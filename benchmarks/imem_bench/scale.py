@@ -93,7 +93,8 @@ class Corpus:
 
 
 def open_store(kind: str, folder: Path):
-    from imem.store import EdgeTurnStore, ServerTurnStore
+    from imem.store import EdgeTurnStore
+    from imem.store.server import ServerTurnStore
 
     if kind == "edge":
         return EdgeTurnStore(folder / "edge-shard", DIM)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from qdrant_edge import ScrollRequest
-
 from imem.store import DENSE, EdgeTurnStore, StoreUnavailable, TurnStore
+from imem.store.base import ANY_TURN
+from imem.store.edge import dense_of
 from imem.turn import Turn
 
 SHARD = "edge-shard"
@@ -35,7 +35,9 @@ def shard_dim(shard: Path) -> int:
 
 def copy_shard(source: Path, target: Path, embed: Callable[[list[str]], np.ndarray] | None = None) -> int:
     """Copies every turn of `source` into a new shard at `target`; with `embed`, every turn gets a new dense
-    vector from it (a change of embedding model). Returns the number of turns copied."""
+    vector from it (a change of embedding model). Returns the number of turns copied. Conversations'
+    generations (imem/store/base.py) are not copied: they matter only to exchanges in flight, and the
+    server is stopped."""
     if target.exists():
         raise StoreUnavailable(f"{target} already exists: refusing to write a store over it")
     old = EdgeTurnStore(source, shard_dim(source), create=False)
@@ -43,19 +45,17 @@ def copy_shard(source: Path, target: Path, embed: Callable[[list[str]], np.ndarr
     try:
         offset, copied = None, 0
         while True:
-            records, offset = old.shard.scroll(ScrollRequest(offset=offset, limit=PAGE, with_payload=True,
-                                                             with_vector=embed is None))
+            records, offset = old._scroll(ANY_TURN, PAGE, offset=offset, vectors=embed is None)
             turns = [Turn.from_payload(r.payload) for r in records]
             if embed is not None:
                 dense = embed([t.text for t in turns]) if turns else np.zeros((0, 0), dtype=np.float32)
             else:
-                dense = [np.asarray(r.vector[DENSE], dtype=np.float32) if DENSE in (r.vector or {}) else None
-                         for r in records]
+                dense = [dense_of(r) for r in records]
             if new is None:
                 dim = dense.shape[1] if embed is not None and len(turns) else old.dim
                 new = EdgeTurnStore(target, dim, create=True)
             if turns:
-                new._insert_new(turns, dense)
+                new._upsert(new._points(turns, dense), "insert")
                 copied += len(turns)
             if offset is None:
                 return copied

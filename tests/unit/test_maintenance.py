@@ -104,7 +104,7 @@ def test_prune_deletes_only_conversations_idle_for_longer_than_asked(tmp_path, e
     import time
     from types import SimpleNamespace
 
-    import imem.store
+    import imem.store.base
     from imem_client.cli import main
 
     day, now = 86400, 1_800_000_000
@@ -113,11 +113,11 @@ def test_prune_deletes_only_conversations_idle_for_longer_than_asked(tmp_path, e
     for conversation, times in (("idle", [now - 40 * day]), ("revived", [now - 40 * day, now - day]),
                                 ("recent", [now - 3 * day]), ("legacy", [0])):
         for stored_at in times:
-            monkeypatch.setattr(imem.store, "time", SimpleNamespace(time=lambda t=stored_at: t,
+            monkeypatch.setattr(imem.store.base, "time", SimpleNamespace(time=lambda t=stored_at: t,
                                                                       monotonic=time.monotonic, sleep=time.sleep))
             store.add([Turn("t", conversation, 0, "user", f"{conversation} said something")],
                       embedder.embed([f"{conversation} said something"]))
-    monkeypatch.setattr(imem.store, "time", time)
+    monkeypatch.setattr(imem.store.base, "time", time)
     assert maintenance.prune(store, older_than_days=30, now=now) == (1, 1)
     assert store.export("t", "idle") == []
     assert [len(store.export("t", c)) for c in ("revived", "recent", "legacy")] == [2, 1, 1]

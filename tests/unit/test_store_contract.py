@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import imem
-from imem.store import EdgeTurnStore, ServerTurnStore, StoreUnavailable, TurnStore
+from imem.store import EdgeTurnStore, StoreUnavailable, TurnStore
+from imem.store.server import ServerTurnStore
 from imem.turn import Turn
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")

@@ -15,7 +15,8 @@ import pytest
 
 import imem
 from imem.backfill import VectorBackfill
-from imem.store import EdgeTurnStore, ServerTurnStore
+from imem.store import EdgeTurnStore
+from imem.store.server import ServerTurnStore
 from imem.turn import Turn
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant")
