@@ -7,16 +7,15 @@ rejected request leaves memory exactly as it was.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 
+from imem import handle
 from imem import recall as recall_policy
 from imem.backfill import VectorBackfill
 from imem.config import MemoryConfig
@@ -269,33 +268,12 @@ def parse_history(lines: str, max_text_bytes: int) -> list[tuple[str, str, str, 
     return records
 
 
-# ---- the memory handle: what recall hands to the store steps through the llm step ----------------------
-# "<exchange id>\n<JSON>": the exchange id (32 hex digits) is read without parsing the rest, which is only
-# decoded for the first and the final response of a generation.
-EXCHANGE_LENGTH = 32
-
-
 def encode_handle(recall: Recall, query_vector: np.ndarray) -> str:
-    return uuid.uuid4().hex + "\n" + json.dumps({
+    """The handle of one chat exchange (imem/handle.py): what its commit step needs to store its turns."""
+    return handle.encode(handle.new_exchange(), {
         "tenant": recall.tenant,
         "conversation_id": recall.conversation_id,
         "message": recall.query,
-        "vector": base64.b64encode(np.asarray(query_vector, dtype=np.float32).tobytes()).decode("ascii"),
         "prompt_tokens": recall.prompt.tokens,
         "recalled": recall.summary()["recalled"],
-    })
-
-
-def handle_exchange(raw: str) -> str:
-    return raw[:EXCHANGE_LENGTH]
-
-
-def decode_handle(raw: str) -> dict:
-    try:
-        exchange, body = raw.split("\n", 1)
-        handle = json.loads(body)
-        handle["exchange"] = exchange
-        handle["vector"] = np.frombuffer(base64.b64decode(handle["vector"]), dtype=np.float32)
-        return handle
-    except (ValueError, KeyError, TypeError) as error:
-        raise BadRequest(f"'memory_handle' is not one that memory issued: {error}") from None
+    }, query_vector)

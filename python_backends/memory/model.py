@@ -20,7 +20,9 @@ from imem.backfill import VectorBackfill
 from imem.cancellation import CancellationChecks
 from imem.config import load
 from imem.embedding import model_process_embedder
-from imem.memory import Memory, decode_handle, encode_handle, handle_exchange
+from imem.handle import decode as decode_handle
+from imem.handle import exchange_of
+from imem.memory import Memory, encode_handle
 from imem.metrics import MemoryMetrics
 from imem.orphans import die_with_server
 from imem.store import StoreUnavailable, open_store
@@ -129,7 +131,7 @@ class TritonPythonModel:
         2.51 an ensemble whose step fails while llm still streams never completes (the request stays in
         flight until the server exits), so an error can only be told on the final response."""
         raw = text(request, "memory_handle")
-        exchange = handle_exchange(raw)
+        exchange = exchange_of(raw)
         finish_reason = text(request, "llm_finish_reason", required=False)
         first = bool(scalar(request, "llm_first_response", False))
         outputs = [bytes_tensor("text_output", text(request, "llm_text", required=False)),

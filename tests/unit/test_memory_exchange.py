@@ -6,7 +6,9 @@ overlap in one conversation keep unique, contiguous numbers."""
 import pytest
 
 from imem.config import MemoryConfig
-from imem.memory import Memory, decode_handle, encode_handle, handle_exchange
+from imem.handle import decode as decode_handle
+from imem.handle import exchange_of
+from imem.memory import Memory, encode_handle
 from imem.store import EdgeTurnStore
 
 
@@ -21,7 +23,7 @@ def begin(memory, embedder, message, conversation="c"):
     """What the chat ensemble's recall step hands on: the handle, as llm carries it through."""
     vector = embedder.embed([message])[0]
     raw = encode_handle(memory.recall("t", conversation, message, vector), vector)
-    assert handle_exchange(raw) == decode_handle(raw)["exchange"]
+    assert exchange_of(raw) == decode_handle(raw)["exchange"]
     return decode_handle(raw)
 
 
