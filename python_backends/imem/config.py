@@ -71,6 +71,12 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
+    # What generates: "vllm" (vLLM's AsyncLLM), or "synthetic", a stand-in for a GPU's token stream that
+    # costs no CPU, for measuring memory as if a GPU generated (imem/synthetic_engine.py; benchmarks only).
+    kind: str = field(default_factory=lambda: _env("IMEM_ENGINE", "vllm"))
+    # The synthetic engine: tokens per second of each sequence, and the delay before its first token.
+    synthetic_tokens_per_s: float = field(default_factory=lambda: _float("IMEM_SYNTHETIC_TOKENS_PER_S", 50))
+    synthetic_ttft_ms: float = field(default_factory=lambda: _float("IMEM_SYNTHETIC_TTFT_MS", 30))
     # The model folder vLLM loads. Default: SmolLM2-135M-Instruct, which `make serve` builds (imem/smollm2.py).
     # The tests and the cost benchmarks run the dev model of random weights instead (imem/dev_model.py).
     model: str = field(default_factory=lambda: _env("IMEM_MODEL", str(REPO_ROOT / ".build" / "smollm2-135m-instruct")))

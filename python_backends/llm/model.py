@@ -1,4 +1,5 @@
-"""Triton entry point of the `llm` model: vLLM's AsyncLLM behind a decoupled (streaming) Python model.
+"""Triton entry point of the `llm` model: an engine (vLLM's AsyncLLM, or the synthetic stand-in for a
+GPU's token stream: imem/engine.py) behind a decoupled (streaming) Python model.
 
 One asyncio loop in a background thread runs every generation; `execute` only hands requests to it.
 Each response carries the caller's `memory_handle` through (whole on the first and the last response,
@@ -23,10 +24,11 @@ import triton_python_backend_utils as pb_utils
 # The stub starts with an ASCII locale; torch and vLLM fail to import under it.
 locale.setlocale(locale.LC_ALL, "C.UTF-8")
 
+from imem import engine as engines  # noqa: E402
 from imem.cancellation import CancellationChecks  # noqa: E402
 from imem.config import load  # noqa: E402
 from imem.generation import GenerationRequest  # noqa: E402
-from imem.memory import handle_exchange  # noqa: E402
+from imem.handle import exchange_of  # noqa: E402
 from imem.orphans import die_with_server  # noqa: E402
 from imem.tensors import BadRequest, bool_tensor, bytes_tensor, int_tensor, optional_input, text  # noqa: E402
 
@@ -76,12 +78,7 @@ class TritonPythonModel:
         self.thread.start()
 
     def _start_engine(self):
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_args()))
-        self.bos = engine.tokenizer.bos_token if engine.tokenizer is not None else None
-        return engine
+        return engines.start(self.config)
 
     def execute(self, requests):
         for request in requests:
@@ -100,7 +97,7 @@ class TritonPythonModel:
         except BadRequest as error:
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))), flags=FINAL)
             return
-        exchange = handle_exchange(generation.memory_handle) if generation.memory_handle else None
+        exchange = exchange_of(generation.memory_handle) if generation.memory_handle else None
         stop = asyncio.Event()
         if exchange:
             self.generations[exchange] = stop
@@ -133,21 +130,12 @@ class TritonPythonModel:
             stop.set()
 
     async def _generate(self, request, generation: GenerationRequest, sender, stop: asyncio.Event):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         request_id = f"{request.request_id() or ''}-{id(generation)}"
-        # Deltas even when the client wants one response: every token is a chance to notice cancellation.
-        params = SamplingParams(**generation.sampling, output_kind=RequestOutputKind.DELTA)
-        # A prompt rendered with the chat template already starts with BOS: don't add a second one.
-        add_special = not (self.bos and generation.prompt.startswith(self.bos))
         completion, completion_tokens, first = [], 0, True
         engine = self.engine
         self.metrics.running.increment(1)
         try:
-            async for output in engine.generate(
-                generation.prompt, params, request_id, tokenization_kwargs={"add_special_tokens": add_special},
-            ):
+            async for delta in engine.generate(generation.prompt, generation.sampling, request_id):
                 # Triton 2.51 reports a cancelled gRPC stream on the request, not always on the sender; in
                 # the chat ensemble, memory tells us (stop). Asking Triton is a round trip: not every token.
                 if stop.is_set() or (self.cancellation_checks.due(request_id)
@@ -156,23 +144,21 @@ class TritonPythonModel:
                     self.metrics.cancelled.increment(1)
                     sender.send(flags=FINAL)
                     return
-                piece = output.outputs[0]
-                completion.append(piece.text)
-                completion_tokens += len(piece.token_ids)
-                self.metrics.tokens.increment(len(piece.token_ids))
+                completion.append(delta.text)
+                completion_tokens += delta.tokens
+                self.metrics.tokens.increment(delta.tokens)
                 if generation.stream:
-                    text_out = piece.text
-                elif output.finished:
+                    text_out = delta.text
+                elif delta.finished:
                     text_out = ("" if generation.exclude_input else generation.prompt) + "".join(completion)
                 else:
                     continue
-                if not text_out and not output.finished:
+                if not text_out and not delta.finished:
                     continue
-                finish_reason = (piece.finish_reason or "stop") if output.finished else ""
                 sender.send(
-                    self._response(generation, text_out, finish_reason, len(output.prompt_token_ids or []),
-                                   completion_tokens, "".join(completion) if output.finished else "", first),
-                    flags=FINAL if output.finished else 0,
+                    self._response(generation, text_out, delta.finish_reason or "", delta.prompt_tokens,
+                                   completion_tokens, "".join(completion) if delta.finished else "", first),
+                    flags=FINAL if delta.finished else 0,
                 )
                 first = False
         finally:
@@ -191,7 +177,7 @@ class TritonPythonModel:
         if generation.memory_handle is not None:
             # Memory's commit step reads the whole handle only on the first and the final response; the
             # chunks between need only the exchange id (to stop this generation if the client went away).
-            handle = generation.memory_handle if first or finish_reason else handle_exchange(generation.memory_handle)
+            handle = generation.memory_handle if first or finish_reason else exchange_of(generation.memory_handle)
             outputs.append(bytes_tensor("memory_handle_out", handle))
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
