@@ -199,6 +199,7 @@ def summarize_samples(samples: list[Sample], wall: float | None = None) -> dict:
         "prompt_tokens_mean": round(sum(s.prompt_tokens for s in ok) / len(ok), 1),
         "ttft_p50_ms": round(percentile([s.ttft_ms for s in ok], 50), 2),
         "ttft_p95_ms": round(percentile([s.ttft_ms for s in ok], 95), 2),
+        "ttft_p99_ms": round(percentile([s.ttft_ms for s in ok], 99), 2),
         "latency_p50_ms": round(percentile([s.total_ms for s in ok], 50), 2),
         "latency_p95_ms": round(percentile([s.total_ms for s in ok], 95), 2),
         "latency_p99_ms": round(percentile([s.total_ms for s in ok], 99), 2),
@@ -230,6 +231,13 @@ def stats_delta(before: dict, after: dict, per: int) -> dict:
         entry["executions"] = round((values["executions"][0] - old.get("executions", (0, 0))[0]) / max(per, 1), 2)
         out[model] = entry
     return out
+
+
+def stats_sum(total: dict, delta: dict) -> dict:
+    """Two stats_delta() results added up, model by model."""
+    return {model: {key: total.get(model, {}).get(key, 0) + delta.get(model, {}).get(key, 0)
+                    for key in set(total.get(model, {})) | set(delta.get(model, {}))}
+            for model in set(total) | set(delta)}
 
 
 def run_async(coroutine):
