@@ -42,7 +42,7 @@ def test_an_unknown_runtime_is_named():
 
 
 def test_several_threads_embedding_at_once_get_the_vectors_each_alone_gets(embedder):
-    """Memory embeds a message while its backfill embeds replies, on one embedder."""
+    """Memory embeds a message while its recovery embeds old turns, on one embedder."""
     from concurrent.futures import ThreadPoolExecutor
 
     batches = [TEXTS[i % len(TEXTS):] + TEXTS[:i % len(TEXTS)] for i in range(40)]

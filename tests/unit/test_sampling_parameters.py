@@ -3,7 +3,7 @@
 import pytest
 
 from imem.generation import parse_sampling
-from imem.tensors import BadRequest
+from imem.errors import BadRequest
 
 
 def test_numbers_given_as_strings_are_converted():

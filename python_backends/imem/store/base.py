@@ -21,6 +21,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 import qdrant_edge as edge
 
+from imem.errors import Unavailable
 from imem.turn import ScoredTurn, Turn
 
 DENSE, SPARSE = "dense", "sparse"
@@ -34,11 +35,11 @@ ORDER_FIELD = "turn"
 _GENERATION_NAMESPACE = uuid.UUID("1b7c3e9a-2f4d-4c61-8e0b-5d9a6f3c2e17")
 
 
-class StoreBusy(RuntimeError):
+class StoreBusy(Unavailable):
     """Too many writers at once on one conversation."""
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Unavailable):
     """The store cannot be opened or written; the message says why and what to do."""
 
 
@@ -290,6 +291,10 @@ class TurnStore(ABC):
         """Up to `limit` stored turns, of any conversation, that have no dense vector yet."""
         records, _ = self._scroll(Where(must=(IS_TURN,), must_not=(HasVector(DENSE),)), limit)
         return _by_turn(r.payload for r in records)
+
+    def vectors_missing(self, tenant: str, conversation_id: str) -> int:
+        """How many of the conversation's turns have no dense vector (0 once every one is searchable)."""
+        return self._count(Where(must=scope(tenant, conversation_id).must, must_not=(HasVector(DENSE),)))
 
     def last_written(self) -> dict[tuple[str, str], int]:
         """(tenant, conversation_id) -> stored_at of its newest turn, for every conversation (a full scan)."""
