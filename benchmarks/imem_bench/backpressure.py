@@ -22,7 +22,6 @@ from imem_bench import common
 from imem_bench.loadtest import REFUSED, REFUSED_STORED, locust_command, locust_env, run_locust
 from imem_bench.processes import MemorySampler
 
-
 # Targets with the synthetic engine at twice the capacity.
 TARGETS = {"refusal_p99_ms_at_most": 50.0, "flood_ttft_p50_vs_calm_at_most": 1.5, "refused_stored": 0}
 
@@ -111,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = {**TARGETS, "met": {
             "refusal_p99_ms": flood["refusal_p99_ms"] is not None and flood["refusal_p99_ms"] <= TARGETS[
                 "refusal_p99_ms_at_most"],
-            "flood_ttft_p50_vs_calm": ttft_ratio is not None and ttft_ratio <= TARGETS["flood_ttft_p50_vs_calm_at_most"],
+            "flood_ttft_p50_vs_calm": ttft_ratio is not None
+            and ttft_ratio <= TARGETS["flood_ttft_p50_vs_calm_at_most"],
             "refused_stored": sum(r["refused_stored"] for r in rows) == 0}}
     common.write_results("backpressure" if args.engine == "synthetic" else "backpressure-vllm", result, args.json)
     clean = alive and all(r["other_errors"] == 0 and r["refused_stored"] == 0 for r in rows)

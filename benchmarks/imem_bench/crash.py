@@ -47,7 +47,8 @@ PROTOCOLS = ("grpc-stream", "grpc", "http-stream", "http")
 FAULTS = {
     "kill-server": "SIGKILL to tritonserver alone: its model processes are orphaned and must get out of the way",
     "kill-group": "SIGKILL to tritonserver and every process of its group",
-    "kill-memory": "SIGKILL to the memory model's process (Triton 2.51 never restarts one: the server is stopped)",
+    "kill-memory": "SIGKILL to the memory model's process (Triton 2.51 never restarts one: the server is then "
+                   "killed and started again, as `imem serve`'s supervisor does)",
     "kill-chat": "SIGKILL to the chat model's process (likewise)",
     "kill-engine": "SIGKILL to vLLM's engine processes (the chat model starts a new engine itself); vLLM only",
     "kill-after-store": "memory kills itself right after a store write, before it answers (the crash point)",
@@ -79,7 +80,9 @@ class Round:
     killed: list = field(default_factory=list)  # pids of the processes the fault killed
     acknowledged: int = 0
     client_errors: int = 0
+    fault_s: float = 0.0  # injecting the fault (a graceful stop waits for it)
     restart_s: float = 0.0
+    check_s: float = 0.0
     restart_failed: str = ""
     orphans_left: int = 0
     findings: list = field(default_factory=list)
@@ -183,14 +186,14 @@ def inject(server, fault: str, rng: random.Random, crash_point: Path) -> list[in
             time.sleep(0.02)
         crash_point.unlink(missing_ok=True)
         killed = [memory] if memory and not Path(f"/proc/{memory}").exists() else []
-        server.stop()
+        server.kill()
         return killed
     stub = next((p for name, p in server.stubs().items() if name.startswith(fault.removeprefix("kill-") + "_")), None)
     if stub is None:
         return []
     os.kill(stub, signal.SIGKILL)
-    time.sleep(1.0)  # requests in flight meet the dead process
-    server.stop()
+    time.sleep(1.0)  # requests in flight meet the dead process; then what the supervisor does
+    server.kill()
     return [stub]
 
 
@@ -223,9 +226,11 @@ def check(grpc_url: str, ledger: dict) -> dict:
                 findings["lost"].append(f"{tenant}/{conversation} turn {number}: acknowledged {(role, text[:60])}, "
                                         f"stored {stored and (stored['role'], stored['text'][:60])}")
         tags = Counter(t["text"].split("]", 1)[0] for t in turns if ours(t["text"]))
-        findings["duplicates"] += [f"{tenant}/{conversation}: {tag}] stored {n} times" for tag, n in tags.items() if n > 1]
+        findings["duplicates"] += [f"{tenant}/{conversation}: {tag}] stored {n} times"
+                                   for tag, n in tags.items() if n > 1]
         replies = Counter(t["reply_to"] for t in turns if t.get("reply_to"))
-        findings["duplicates"] += [f"{tenant}/{conversation}: turn {n} answered {k} times" for n, k in replies.items() if k > 1]
+        findings["duplicates"] += [f"{tenant}/{conversation}: turn {n} answered {k} times"
+                                   for n, k in replies.items() if k > 1]
         for t in turns:
             if t["role"] == "assistant" and t.get("reply_to") and \
                     t["metadata"].get("finish_reason") not in ("stop", "length"):
@@ -318,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         traffic.start()
         time.sleep(rng.uniform(0.3, args.max_delay))
         old_group = server.process.pid
+        started = time.monotonic()
         current.killed = inject(server, fault, rng, crash_point)
+        current.fault_s = round(time.monotonic() - started, 1)
         started = time.monotonic()
         try:
             if fault == "kill-engine":
@@ -339,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             for pid in leftover:  # never expected; reported, then cleaned up so the next round starts clean
                 os.kill(pid, signal.SIGKILL)
         current.acknowledged, current.client_errors = traffic.acknowledged, traffic.errors
+        started = time.monotonic()
         findings = check(grpc_url, ledger)
+        current.check_s = round(time.monotonic() - started, 1)
         if not current.killed:
             findings["nothing_killed"] = [f"{fault} found nothing to kill"]
         current.findings = [f"{kind}: {item}" for kind, items in findings.items() for item in items]
@@ -348,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         totals["nothing_killed"] += 0 if current.killed else 1
         rounds.append(current)
         print(f"round {number:4d} {fault:16s} killed {len(current.killed)} acknowledged {traffic.acknowledged:3d} "
-              f"(client errors {traffic.errors:3d}) restart {current.restart_s:5.1f} s"
+              f"(client errors {traffic.errors:3d}) fault {current.fault_s:4.1f} s, "
+              f"restart {current.restart_s:5.1f} s, check {current.check_s:4.1f} s"
               + (f" RESTART FAILED: {current.restart_failed[:200]}" if current.restart_failed else "")
               + (f" ORPHANS LEFT: {current.orphans_left}" if current.orphans_left else "")
               + "".join(f"\n    {f[:300]}" for f in current.findings[:10]), flush=True)
@@ -370,9 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         "restart_s_p50": round(common.percentile(restart, 50), 1) if restart else None,
         "restart_s_max": max(restart) if restart else None,
     }
-    print("\n" + common.md_table(["rounds", "acknowledged requests", "acknowledged turns", *FINDINGS, "restart failures"],
-                                 [[summary[k] for k in ("rounds", "acknowledged", "acknowledged_turns", *FINDINGS,
-                                                        "restart_failures")]]))
+    columns = ("rounds", "acknowledged", "acknowledged_turns", *FINDINGS, "restart_failures")
+    print("\n" + common.md_table(list(columns), [[summary[k] for k in columns]]))
     print(f"faults: {summary['faults']}; restart p50 {summary['restart_s_p50']} s, max {summary['restart_s_max']} s; "
           f"{summary['client_errors']} requests failed in flight (never acknowledged); {summary['wall_s']} s in all")
     name = "crash" if args.engine == "vllm" else f"crash-{args.engine}"

@@ -102,11 +102,12 @@ def table(summary: dict) -> str:
     for protocol, e in summary["protocols"].items():
         ttft, lat = e["time_to_first_token"], e["latency"]
         recall = f"{e['fact_recall_rate']:.0%} of {e['fact_questions']}" if "fact_recall_rate" in e else "-"
-        lines.append(f"| {protocol} | {e['turns']} | {e['failures']} | {e['turns_per_s']:.2f} | {e['tokens_per_s']:.1f} "
-                     f"| {ttft.get('p50_ms', 0):.0f} / {ttft.get('p95_ms', 0):.0f} / {ttft.get('p99_ms', 0):.0f} "
-                     f"| {lat.get('p50_ms', 0):.0f} / {lat.get('p95_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f} | {recall} |")
-    lines.append(f"\nall: {summary['turns']} turns, {summary['failures']} failed, {summary['turns_per_s']:.2f} turns/s, "
-                 f"{summary['tokens_per_s']:.1f} tokens/s")
+        ttft_ms = " / ".join(f"{ttft.get(k, 0):.0f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
+        latency_ms = " / ".join(f"{lat.get(k, 0):.0f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
+        lines.append(f"| {protocol} | {e['turns']} | {e['failures']} | {e['turns_per_s']:.2f} "
+                     f"| {e['tokens_per_s']:.1f} | {ttft_ms} | {latency_ms} | {recall} |")
+    lines.append(f"\nall: {summary['turns']} turns, {summary['failures']} failed, "
+                 f"{summary['turns_per_s']:.2f} turns/s, {summary['tokens_per_s']:.1f} tokens/s")
     for error in summary["errors"][:5]:
         lines.append(f"error x{error['occurrences']} in {error['name']}: {error['error'][:160]}")
     return "\n".join(lines)
@@ -178,7 +179,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="imem bench loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=8, help="concurrent conversations (default 8)")
-    parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
+    parser.add_argument("--spawn-rate", type=float, default=None,
+                        help="users started per second (default: all at once)")
     parser.add_argument("--duration", default="60s", help="Locust run time, e.g. 30s, 5m (default 60s)")
     parser.add_argument("--protocol", choices=sorted(USER_CLASSES), default="both",
                         help="gRPC users, HTTP users, half of each (default both), or users of the OpenAI gateway")

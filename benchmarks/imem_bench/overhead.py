@@ -193,8 +193,8 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                             per[i // per_worker].append(s.prompt_tokens)
                         sizes = [per[w] or [1] for w in range(concurrency)]
                     samples[kind].extend(got)
-                    print(f"  round {round_ + 1} {kind:4s}: {len(got)} requests in {time.perf_counter() - started:.1f}s",
-                          flush=True)
+                    print(f"  round {round_ + 1} {kind:4s}: {len(got)} requests in "
+                          f"{time.perf_counter() - started:.1f}s", flush=True)
             chat, llm = (common.summarize_samples(samples[kind], walls[kind]) for kind in ("chat", "llm"))
             chats = len(samples["chat"])
             level = {"concurrency": concurrency, "chat": chat, "llm": llm,
@@ -248,7 +248,8 @@ def report(levels: dict) -> str:
                          + (f"; bare llm reached {level['bare_reaches_offered']:.0%} of the offered "
                             f"{level['offered_tokens_per_s']:.0f} tokens/s" if "offered_tokens_per_s" in level else ""))
             for kind, used in level.get("cpu_ms_per_request", {}).items():
-                lines.append(f"  CPU ms per {kind} request: " + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
+                lines.append(f"  CPU ms per {kind} request: "
+                             + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
     return "\n".join(lines)
 
 

@@ -154,7 +154,8 @@ def scalar(array):
 def result_values(result) -> dict:
     """A tritonclient result's outputs by name."""
     response = result.get_response()
-    names = [o["name"] for o in response["outputs"]] if isinstance(response, dict) else [o.name for o in response.outputs]
+    outputs = response["outputs"] if isinstance(response, dict) else response.outputs
+    names = [o["name"] if isinstance(o, dict) else o.name for o in outputs]
     return {name: scalar(result.as_numpy(name)) for name in names}
 
 

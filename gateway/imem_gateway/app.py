@@ -17,6 +17,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
+from imem_client import wire
+from imem_client.wire import Chunk
 from imem_gateway import translate
 from imem_gateway.body_limit import BodyLimit
 from imem_gateway.errors import ApiError, rate_limited, unauthorized, upstream
@@ -25,8 +27,6 @@ from imem_gateway.ratelimit import RateLimiter
 from imem_gateway.schema import ChatCompletionRequest
 from imem_gateway.settings import Settings
 from imem_gateway.translate import ChatTurn
-from imem_client import wire
-from imem_client.wire import Chunk
 from imem_gateway.upstream import Upstream
 from imem_gateway.validation import validation_error
 
@@ -76,7 +76,7 @@ class Gateway:
             except (ApiError, StopAsyncIteration) as error:
                 if seeded:  # the turn was refused: take back the history we stored for it
                     await self.upstream.memory("delete", key.tenant, turn.conversation_id)
-                raise error if isinstance(error, ApiError) else upstream(502, "no response from the model")
+                raise (error if isinstance(error, ApiError) else upstream(502, "no response from the model")) from None
         return self._rest(key, first, replies)
 
     async def _rest(self, key: ApiKey, first: Chunk, replies: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

@@ -159,11 +159,13 @@ class TritonPythonModel:
                 if not delta.text and not delta.finished:
                     continue
                 text_out = delta.text if generation.stream else "".join(completion)
-                outputs = [bytes_tensor("text_output", text_out), bytes_tensor("finish_reason", delta.finish_reason or "")]
+                if exchange is None and delta.finished and not generation.exclude_input:
+                    text_out = generation.prompt + text_out
+                outputs = [bytes_tensor("text_output", text_out),
+                           bytes_tensor("finish_reason", delta.finish_reason or "")]
                 if exchange is None:
-                    if delta.finished and not generation.exclude_input:
-                        outputs[0] = bytes_tensor("text_output", generation.prompt + text_out)
-                    outputs += [int_tensor("num_input_tokens", delta.prompt_tokens), int_tensor("num_output_tokens", tokens)]
+                    outputs += [int_tensor("num_input_tokens", delta.prompt_tokens),
+                                int_tensor("num_output_tokens", tokens)]
                 else:
                     try:
                         outputs += await self._exchange_outputs(exchange, delta, completion, tokens, first)

@@ -96,7 +96,8 @@ class EngineConfig:
     # Generations in flight (running in vLLM or waiting for a slot) before llm refuses new ones at once
     # ("busy"). Twice max_num_seqs: a full batch running and one waiting, so the engine never idles while
     # a queue that cannot be served soon is never built (README "Guarantees", back-pressure).
-    max_generations: int = field(default_factory=lambda: _int("IMEM_MAX_GENERATIONS", 2 * _int("IMEM_MAX_NUM_SEQS", 64)))
+    max_generations: int = field(
+        default_factory=lambda: _int("IMEM_MAX_GENERATIONS", 2 * _int("IMEM_MAX_NUM_SEQS", 64)))
 
     @property
     def tokenizer_path(self) -> str:

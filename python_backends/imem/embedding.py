@@ -67,7 +67,7 @@ def build_onnx(out: Path) -> Path:
             self.transformer = transformer  # a submodule: its weights go into the graph as weights
 
         def forward(self, *inputs):
-            features = dict(zip(names, inputs))
+            features = dict(zip(names, inputs, strict=True))
             tokens = self.transformer(**features).last_hidden_state
             mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
             mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -176,7 +176,8 @@ class Embedder:
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             chunks = [order[start:start + self.BATCH] for start in range(0, len(order), self.BATCH)]
             vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-            for chunk, block in zip(chunks, self._batches().map(lambda c: self.embed([texts[i] for i in c]), chunks)):
+            blocks = self._batches().map(lambda c: self.embed([texts[i] for i in c]), chunks)
+            for chunk, block in zip(chunks, blocks, strict=True):
                 vectors[chunk] = block
             return vectors
         if self.kind == "static":

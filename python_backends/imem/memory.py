@@ -18,9 +18,9 @@ import numpy as np
 from imem import handle
 from imem import recall as recall_policy
 from imem.config import MemoryConfig
+from imem.errors import BadRequest, NotFound
 from imem.prompt import PackedPrompt, PromptPacker, PromptTooLong
 from imem.store import TurnStore
-from imem.errors import BadRequest, NotFound
 from imem.turn import ScoredTurn, Turn
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -247,7 +247,8 @@ class Memory:
         self.require_known(tenant, conversation_id)
         turns = self.store.export(tenant, conversation_id)
         answered = {t.exchange for t in turns if t.reply_to}
-        return {"conversation_id": conversation_id, "tenant": tenant, "turns": [export_json(t, answered) for t in turns],
+        return {"conversation_id": conversation_id, "tenant": tenant,
+                "turns": [export_json(t, answered) for t in turns],
                 "vectors_missing": self.store.vectors_missing(tenant, conversation_id)}
 
     def delete(self, tenant: str, conversation_id: str) -> dict:

@@ -48,7 +48,7 @@ class VectorRecovery:
                     if not turns or ids == previous:  # done, or nothing more can be done for these
                         return
                     vectors = self.embed([t.text or " " for t in turns])
-                    for turn, vector in zip(turns, vectors):
+                    for turn, vector in zip(turns, vectors, strict=True):
                         if self.store.set_vector(turn, vector):
                             self.recovered += 1
                     previous = ids  # only once written: a failed attempt is tried again

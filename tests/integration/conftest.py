@@ -15,7 +15,6 @@ import pytest
 from imem_client.client import Client
 from imem_serve.launcher import TritonServer, free_ports, group_members
 
-
 # Every test server refreshes memory's gauges (store size, turns waiting for a vector) every 0.5 s.
 SESSION_ENV = {"IMEM_METRICS_INTERVAL_S": "0.5"}
 

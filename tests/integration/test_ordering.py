@@ -53,7 +53,7 @@ def test_32_concurrent_streams_into_one_conversation(service, client):
 def test_32_concurrent_streams_into_many_conversations_and_tenants(service, client):
     run = uuid.uuid4().hex[:8]
     targets = [(tenant, f"many-{run}-{i}") for i in range(16) for tenant in ("acme", "globex")]
-    results = dict(zip(targets, chat_many(service, targets)))
+    results = dict(zip(targets, chat_many(service, targets), strict=True))
     for (tenant, conversation), (message, reply) in results.items():
         turns = client.export(conversation, tenant=tenant)["turns"]
         assert [(t["turn"], t["text"]) for t in turns] == [(1, message), (2, reply.text)]

@@ -53,7 +53,8 @@ def idle(service) -> bool:
 
 def test_a_chat_streams_real_tokens_and_stores_the_exchange(synthetic):
     client = synthetic.client()
-    chunks = list(client.stream_chat("synthetic-chat", "Remember: my locker code is 4417.", sampling={"max_tokens": 20}))
+    chunks = list(client.stream_chat("synthetic-chat", "Remember: my locker code is 4417.",
+                                     sampling={"max_tokens": 20}))
     assert chunks[0].turn == 1 and chunks[-1].final and chunks[-1].reply_turn == 2
     assert chunks[-1].completion_tokens == 20 and chunks[-1].finish_reason == "length"
     assert len(chunks) > 2  # the text streamed: the first token alone, then 4 at a time

@@ -49,7 +49,7 @@ def test_several_threads_embedding_at_once_get_the_vectors_each_alone_gets(embed
     expected = [embedder.embed(batch) for batch in batches]
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(embedder.embed, batches))
-    for one, other in zip(got, expected):
+    for one, other in zip(got, expected, strict=True):
         np.testing.assert_allclose(one, other, atol=1e-6)
 
 

@@ -4,10 +4,10 @@ to HTTP errors."""
 import pytest
 from pydantic import ValidationError
 
+from imem_client.wire import Code, ServiceError
 from imem_gateway.errors import ApiError
 from imem_gateway.schema import IGNORED_FIELDS, ChatCompletionRequest
 from imem_gateway.translate import conversation_id, to_turn
-from imem_client.wire import Code, ServiceError
 from imem_gateway.upstream import api_error
 from imem_gateway.validation import param_name, validation_error
 

@@ -7,9 +7,8 @@ over an exchange or an ingest that began before it."""
 import numpy as np
 import pytest
 
-from imem.errors import NotFound
-
 from imem.config import MemoryConfig
+from imem.errors import NotFound
 from imem.handle import decode as decode_handle
 from imem.handle import exchange_of
 from imem.memory import Memory

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,8 @@ def store(request, tmp_path, local_qdrant):
 
 
 def exchange(conversation="c", reply="The cat is called Biscuit."):
-    return [Turn("t", conversation, 0, "user", "What is my cat called?"), Turn("t", conversation, 0, "assistant", reply)]
+    return [Turn("t", conversation, 0, "user", "What is my cat called?"),
+            Turn("t", conversation, 0, "assistant", reply)]
 
 
 def add_exchange(store, embed, conversation="c", reply="The cat is called Biscuit."):

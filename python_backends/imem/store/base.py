@@ -159,7 +159,7 @@ class TurnStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def check_writable(self) -> None:
+    def check_writable(self) -> None:  # noqa: B027 - a hook: a store with nothing to check keeps it
         """Raises StoreUnavailable when a write would fail for want of room (checked before a chat starts)."""
 
     # ---- writing turns ---------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class TurnStore(ABC):
             won = [t.turn for t in tried if writers.get(t.turn) == write_id]
             # Ours keep their order: the first len(won) pending turns take the numbers won. Where another
             # writer took a number in the middle, the turns after it move up (rewritten in place).
-            placed = [replace(t, turn=number) for t, number in zip(pending, won)]
+            placed = [replace(t, turn=number) for t, number in zip(pending, won, strict=False)]  # won: a prefix
             moved = [k for k, turn in enumerate(placed) if turn.turn != tried[k].turn]
             if moved:
                 self._upsert(self._points([placed[k] for k in moved], [vectors[k] for k in moved]), "update",
@@ -323,13 +323,14 @@ class TurnStore(ABC):
 
     @staticmethod
     def _points(turns: Sequence[Turn], dense: Sequence[np.ndarray | None]) -> list[Point]:
-        return [Point(t.point_id, v, bm25().embed_document(t.text), t.payload()) for t, v in zip(turns, dense)]
+        return [Point(t.point_id, v, bm25().embed_document(t.text), t.payload())
+                for t, v in zip(turns, dense, strict=True)]
 
     def _checked(self, turns: Sequence[Turn], dense) -> list[np.ndarray | None] | np.ndarray:
         if any(v is None for v in dense):  # some turns stored without a dense vector (see add)
             if len(dense) != len(turns):
                 raise ValueError(f"expected {len(turns)} dense vectors (or None), got {len(dense)}")
-            return [None if v is None else self._checked([t], [v])[0] for t, v in zip(turns, dense)]
+            return [None if v is None else self._checked([t], [v])[0] for t, v in zip(turns, dense, strict=True)]
         dense = np.asarray(dense, dtype=np.float32)
         if dense.shape != (len(turns), self.dim):
             raise ValueError(f"expected {len(turns)} x {self.dim} dense vectors, got {dense.shape}")
