@@ -197,8 +197,7 @@ class GrpcChatUser(ChatTurns):
 
         responses: Queue = Queue()
         fields = wire.chat_fields(self.conversation.id, message, self.options.imem_tenant, sampling=self.sampling)
-        self.client.start_stream(callback=lambda result, error: responses.put((result, error)),
-                                 headers=wire.GRPC_ERROR_HEADERS)
+        self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
         ended = False
         try:
             self.client.async_stream_infer(wire.CHAT, wire.inputs(grpcclient, fields), request_id=uuid.uuid4().hex,
@@ -278,10 +277,10 @@ class HttpChatUser(ChatTurns):
         with self.session.post(f"{self.url}/v2/models/{wire.CHAT}/generate_stream", json=body, stream=True,
                                timeout=300) as response:
             if response.status_code != 200:
-                raise wire.http_error(response.status_code, response.text[:300])
+                raise wire.http_error(response.status_code, response.text)
             for event in wire.sse_events(response.iter_lines()):
                 if "error" in event:
-                    raise ServiceError(event["error"])
+                    raise wire.parse_error(event["error"])
                 yield Chunk.from_values(event)
 
     def stored_texts(self) -> list[str]:
@@ -291,7 +290,7 @@ class HttpChatUser(ChatTurns):
         if response.status_code == 404:  # an unknown conversation holds nothing
             return []
         if response.status_code != 200:
-            raise wire.http_error(response.status_code, response.text[:300])
+            raise wire.http_error(response.status_code, response.text)
         result = json.loads(response.json()["outputs"][0]["data"][0])
         return [t["text"] for t in result["turns"]]
 
@@ -327,7 +326,7 @@ class OpenAIChatUser(ChatTurns):
         with self.session.post(f"{self.url}/v1/chat/completions", json=body, stream=True, timeout=300,
                                headers={"X-Conversation-Id": self.conversation.id}) as response:
             if response.status_code != 200:
-                raise wire.http_error(response.status_code, response.text[:300])
+                raise wire.http_error(response.status_code, response.text)
             finish, recalled = "", []
             for line in response.iter_lines():
                 if not line.startswith(b"data:") or line == b"data: [DONE]":

@@ -114,7 +114,7 @@ class Client:
         # One tritonclient stream at a time per client object; use one Client per thread for concurrency.
         with self._stream_lock:
             self._client.start_stream(callback=lambda result, error: responses.put((result, error)),
-                                      stream_timeout=self.timeout, headers=wire.GRPC_ERROR_HEADERS)
+                                      stream_timeout=self.timeout)
             try:
                 try:
                     self._client.async_stream_infer(wire.CHAT, wire.inputs(self._grpc, fields),
@@ -162,16 +162,16 @@ class Client:
                 response = self._session.post(f"{base}/generate", json=fields, timeout=self.timeout)
                 body = response.json()
                 if response.status_code != 200 or "error" in body:
-                    raise wire.http_error(response.status_code, body.get("error", response.text))
+                    raise wire.http_error(response.status_code, response.text)
                 yield Chunk.from_values(body)
                 return
             with self._session.post(f"{base}/generate_stream", json=fields, stream=True,
                                     timeout=self.timeout) as response:
                 if response.status_code != 200:
-                    raise wire.http_error(response.status_code, response.json().get("error", response.text))
+                    raise wire.http_error(response.status_code, response.text)
                 for body in wire.sse_events(response.iter_lines()):
                     if "error" in body:
-                        raise ServiceError(body["error"])
+                        raise wire.parse_error(body["error"])
                     yield Chunk.from_values(body)
         except self._requests.ConnectionError as error:
             raise ServiceError(f"the server at {self.address} is unavailable (connection refused or lost): "

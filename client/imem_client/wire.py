@@ -3,15 +3,20 @@ an error means. The client, the gateway, the benchmarks and the Locust file all 
 
 Every tensor is a batch of one ([1, 1]). A chat streams `Chunk`s: text deltas, the stored message's turn
 from the first one on, and on the final one (its finish_reason set) the reply's turn, the token counts
-and what memory recalled. Errors carry a code (`Code`) taken from the transport: the gRPC status (Triton
-ends a stream with its error's own status when asked by GRPC_ERROR_HEADERS) or the HTTP status. An error
-Triton reports inside an HTTP event stream, after the first event, has no code: it reads as INTERNAL.
+and what memory recalled.
+
+Errors carry a code (`Code`). Our models answer with Triton's error codes, which reach an HTTP caller as
+the status and a unary gRPC caller as the status; a gRPC stream carries only the message (Triton 2.51 can
+end it with the code, `triton_grpc_error`, but that path crashed the server under a flood of refusals
+here), so every message of ours ends with its code as a tag, " [unavailable]", read back in one place:
+`parse_error`. An error without the tag (Triton's own) reads as INTERNAL where no status says otherwise.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -19,8 +24,6 @@ import numpy as np
 
 CHAT = "chat"
 MEMORY = "memory"
-# Triton then closes a failed stream with the error's status code, not an OK stream holding a message.
-GRPC_ERROR_HEADERS = {"triton_grpc_error": "true"}
 # tritonclient's own channel settings, plus: each client its own connections (gRPC otherwise shares them
 # process-wide, and a new client inherits another's back-off after a refused connection, such as a
 # server being restarted), and a reconnection tried at least every 2 s (gRPC's default grows to 120 s).
@@ -29,6 +32,8 @@ GRPC_CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_rec
 
 
 class Code(str, enum.Enum):
+    """What went wrong, as a caller branches on it (the tag python_backends/imem/errors.py writes)."""
+
     INVALID = "invalid"  # the request is wrong: nothing was stored
     NOT_FOUND = "not_found"  # an unknown conversation, or one deleted while the request was in flight
     UNAVAILABLE = "unavailable"  # busy, restarting, the store full, or the server not reachable: retry later
@@ -40,6 +45,7 @@ GRPC_CODES = {"StatusCode.INVALID_ARGUMENT": Code.INVALID, "StatusCode.NOT_FOUND
               "StatusCode.UNAVAILABLE": Code.UNAVAILABLE, "StatusCode.CANCELLED": Code.CANCELLED,
               "StatusCode.DEADLINE_EXCEEDED": Code.UNAVAILABLE}
 HTTP_CODES = {400: Code.INVALID, 404: Code.NOT_FOUND, 503: Code.UNAVAILABLE}
+_TAG = re.compile(r" \[(" + "|".join(c.value for c in Code) + r")\]$")
 
 
 class ServiceError(RuntimeError):
@@ -50,19 +56,39 @@ class ServiceError(RuntimeError):
         self.code = code
 
 
+def parse_error(message: str, code: Code | None = None) -> ServiceError:
+    """A message of ours with its code tag ("... [not_found]") as a ServiceError of that code, the tag
+    removed. The tag wins over `code`, the transport's: Triton's HTTP stream answers any failure of its
+    first response with 400."""
+    match = _TAG.search(message)
+    if match:
+        return ServiceError(message[:match.start()], Code(match.group(1)))
+    return ServiceError(message, code or Code.INTERNAL)
+
+
 def grpc_error(error: Exception) -> ServiceError:
-    """A tritonclient (or grpc) error as a ServiceError with the code of its gRPC status."""
-    if hasattr(error, "status"):  # tritonclient's InferenceServerException: status() is "StatusCode.X"
+    """A tritonclient (or grpc) error as a ServiceError: the code of its gRPC status (a unary call, or the
+    connection), else of its message's tag (a stream)."""
+    if hasattr(error, "status"):  # tritonclient's InferenceServerException: status() is "StatusCode.X" or None
         status, message = str(error.status()), error.message()
     elif hasattr(error, "code"):  # a grpc.RpcError
         status, message = str(error.code()), error.details()
     else:
         status, message = "", str(error)
-    return ServiceError(message or str(error), GRPC_CODES.get(status, Code.INTERNAL))
+    return parse_error(message or str(error), GRPC_CODES.get(status))
 
 
-def http_error(status: int, message: str) -> ServiceError:
-    return ServiceError(message, HTTP_CODES.get(status, Code.INTERNAL))
+def http_error(status: int, body: str) -> ServiceError:
+    """An HTTP error response as a ServiceError. Triton answers a failed request with {"error": message},
+    and a stream whose first response failed with that object as one event ("data: {...}")."""
+    message = body
+    try:
+        error = json.loads(body.removeprefix("data:"))
+        if isinstance(error, dict) and isinstance(error.get("error"), str):
+            message = error["error"]
+    except ValueError:
+        pass
+    return parse_error(message, HTTP_CODES.get(status))
 
 
 @dataclass

@@ -55,7 +55,7 @@ class Upstream:
             # stream whose client has finished sending.
             await finished.wait()
 
-        call = self.client.stream_infer(requests(), stream_timeout=self.timeout, headers=wire.GRPC_ERROR_HEADERS)
+        call = self.client.stream_infer(requests(), stream_timeout=self.timeout)
         try:
             async for result, error in call:
                 if error is not None:

@@ -1,8 +1,9 @@
 """The errors our models answer with, each carrying the Triton error code a caller can branch on.
 
-Triton keeps the code of an error response end to end: gRPC callers that ask for it (the
-`triton_grpc_error` header) get it as the stream's status, HTTP callers as the status code (400, 404,
-503, 500). The message names the field, the limit or the setting that moves it.
+HTTP callers get the code as the status (400, 404, 503, 500), unary gRPC callers as the status; a gRPC
+stream carries only the message in Triton 2.51, so the message ends with the code as a tag
+(" [not_found]"), which the client library reads back (imem_client/wire.py). The message names the field,
+the limit or the setting that moves it.
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ class Unavailable(ServiceError):
     code = "UNAVAILABLE"
 
 
+TAGS = {"INVALID_ARG": "invalid", "NOT_FOUND": "not_found", "UNAVAILABLE": "unavailable", "INTERNAL": "internal"}
+
+
 def triton_error(error: Exception):
-    """`error` as a pb_utils.TritonError with its code (INTERNAL for anything not a ServiceError)."""
+    """`error` as a pb_utils.TritonError with its code, and its code's tag at the end of the message
+    (INTERNAL for anything not a ServiceError)."""
     import triton_python_backend_utils as pb_utils
 
     code = error.code if isinstance(error, ServiceError) else "INTERNAL"
-    return pb_utils.TritonError(str(error), getattr(pb_utils.TritonError, code))
+    return pb_utils.TritonError(f"{error} [{TAGS[code]}]", getattr(pb_utils.TritonError, code))
 
 
 def error_response(error: Exception):
