@@ -43,6 +43,8 @@ SHM_KINDS = ("triton_", "psm_", "sem.loky-")
 # long in wait4() on one of its own live stubs is that deadlock: the stub is killed, the load fails, the
 # server exits, and it is started again.
 STUCK_STUB_S = 20
+# Seconds tritonserver is given to exit by itself once the memory model has unloaded (TritonServer.stop).
+UNLOADED_GRACE_S = 5
 WAIT4 = {"x86_64": "61", "aarch64": "260"}.get(platform.machine())
 
 
@@ -204,16 +206,27 @@ class TritonServer:
 
     def stop(self) -> None:
         """Graceful stop: SIGTERM to tritonserver (it finishes what is in flight, then unloads every model),
-        then whatever of its process group is left is killed. Triton 2.51 can hang in exit() after its exit
-        timeout ran out with requests still in flight: it gets ten more seconds, then SIGKILL."""
+        then whatever of its process group is left is killed.
+
+        Once the memory model's process has exited (its store closed: the last thing that holds data),
+        tritonserver gets UNLOADED_GRACE_S more, then is killed: Triton 2.51's gRPC frontend can keep a
+        request of a stream its client cancelled (or left open) referenced for good, and the model of that
+        request (the chat model) then never unloads, so Triton would wait out its whole exit timeout with
+        nothing left to finish. Triton 2.51 can also hang in exit() after its exit timeout ran out: it gets
+        ten more seconds, then SIGKILL."""
         if self.process is None:
             return
         if self.process.poll() is None:
+            memory = self.stubs().get("memory_0_0")
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=self.exit_timeout + 10)
-            except subprocess.TimeoutExpired:
-                pass
+            deadline = time.monotonic() + self.exit_timeout + 10
+            unloaded_at = None
+            while self.process.poll() is None and time.monotonic() < deadline:
+                if unloaded_at is None and (memory is None or _parent_if_alive(memory) is None):
+                    unloaded_at = time.monotonic()
+                if unloaded_at is not None and time.monotonic() - unloaded_at > UNLOADED_GRACE_S:
+                    break
+                time.sleep(0.1)
         self.kill()
 
     def kill(self) -> None:
