@@ -97,15 +97,17 @@ bench: venv dev-model embedder
 
 # Reliability (docs/guarantees.md). Each starts its own server on free ports and writes results/<name>.json.
 # ENGINE=synthetic (a GPU's token stream: restarts in seconds, the load is memory's) or vllm.
+# JSON=path writes the result there instead of results/.
 ROUNDS  ?= 50
 MINUTES ?= 60
 ENGINE  ?= synthetic
+JSON    ?=
 crash: venv dev-model embedder
-	$(VENV)/bin/imem bench crash --rounds $(ROUNDS) --engine $(ENGINE)
+	$(VENV)/bin/imem bench crash --rounds $(ROUNDS) --engine $(ENGINE) $(if $(JSON),--json $(JSON))
 soak: venv dev-model embedder
-	$(VENV)/bin/imem bench soak --minutes $(MINUTES) --engine $(ENGINE)
+	$(VENV)/bin/imem bench soak --minutes $(MINUTES) --engine $(ENGINE) $(if $(JSON),--json $(JSON))
 backpressure: venv dev-model embedder
-	$(VENV)/bin/imem bench backpressure --engine $(ENGINE)
+	$(VENV)/bin/imem bench backpressure --engine $(ENGINE) $(if $(JSON),--json $(JSON))
 
 # The property test of concurrent chats, ingests, deletes and exports with more examples than make test's 100.
 EXAMPLES ?= 1000

@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-seconds", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--json", default=None, help="output (default results/backpressure.json)")
+    parser.add_argument("--quick", action="store_true", help="4 generations, phases of 6, 10 and 6 s")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.max_generations, args.calm_users, args.calm_seconds, args.flood_seconds = 4, 2, 6, 10
     args.flood_users = args.flood_users or 2 * args.max_generations
 
     workdir = Path(tempfile.mkdtemp(prefix="imem-backpressure-"))

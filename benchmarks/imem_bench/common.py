@@ -134,7 +134,7 @@ async def stream_once(client, model: str, inputs: list, timeout: float = 300.0) 
 
     start = time.perf_counter()
     first, final, error = None, None, ""
-    responses = client.stream_infer(requests(), stream_timeout=timeout, headers=wire.GRPC_ERROR_HEADERS)
+    responses = client.stream_infer(requests(), stream_timeout=timeout)
     try:
         async for result, failure in responses:
             if failure is not None:

@@ -283,9 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                       "starts (s)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data", default=None, help="data folder (default: a new temporary one)")
+    parser.add_argument("--quick", action="store_true", help="one round, its fault within 2 s")
     parser.add_argument("--json", default=None, help="output (default results/crash-synthetic.json, or "
                                                      "results/crash.json for vllm)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.max_delay = 1, 2.0
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     rng = random.Random(seed)

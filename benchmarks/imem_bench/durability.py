@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=500)
     parser.add_argument("--dir", default=None, help="where the test stores go (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="output (default results/durability.json)")
+    parser.add_argument("--quick", action="store_true", help="20 writes each way")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.writes = 20
     root = Path(tempfile.mkdtemp(prefix="imem-durability-", dir=args.dir))
     rows = []
     try:

@@ -42,7 +42,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=2, help="histories ingested, one after another (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="output JSON (default results/ingest.json)")
+    parser.add_argument("--quick", action="store_true", help="200 turns, one run")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.turns, args.runs = 200, 1
     with tempfile.TemporaryDirectory(prefix="imem-ingest-") as folder:
         path = Path(folder) / "history.jsonl"
         path.write_text("\n".join(json.dumps(h) for h in history(random.Random(args.seed), args.turns)) + "\n")

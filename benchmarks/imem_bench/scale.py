@@ -225,10 +225,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--local-max", type=int, default=10000, help="largest size for qdrant-client's local mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="output JSON (default results/scale.json; PNG beside it)")
-    parser.add_argument("--quick", action="store_true", help="1k and 10k turns, 100 queries")
+    parser.add_argument("--quick", action="store_true", help="1k and 2k turns, 50 queries, Qdrant Edge only")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.queries = "1000,10000", 100
+        args.sizes, args.queries, args.stores = "1000,2000", 50, "edge"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 

@@ -119,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=None, help="Locust users, below capacity (default 24 on "
                                                                 "synthetic, 4 on vllm)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="30 s, 4 users")
     parser.add_argument("--json", default=None, help="output (default results/soak.json, results/soak-vllm.json; "
                                                      "PNG beside it)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.users = 0.5, 4
     users = args.users or (24 if args.engine == "synthetic" else 4)
 
     workdir = Path(tempfile.mkdtemp(prefix="imem-soak-"))

@@ -83,6 +83,21 @@ class RunningService:
                 return float(match.group(2))
         raise AssertionError(f"no metric {name} {labels or ''} on Triton's metrics port")
 
+    def settled(self, name: str, seconds: float = 300) -> float:
+        """A metric once the server has handed over everything recorded so far: two readings a second apart
+        agree (our models hand their figures to Triton every IMEM_METRICS_INTERVAL_S, 0.5 s here, so one
+        reading can still show a moment before a request began or ended)."""
+        deadline = time.monotonic() + seconds
+        previous = None
+        while (current := self.metric(name)) != previous and time.monotonic() < deadline:
+            previous = current
+            time.sleep(1.0)
+        return current
+
+    def idle(self, seconds: float = 300) -> bool:
+        """No generation in flight, by a settled reading (see settled)."""
+        return wait_for(lambda: self.settled("imem_llm_requests_running", seconds) == 0, seconds, step=0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from conftest import wait_for
-
 
 def _bytes(value: str) -> np.ndarray:
     return np.array([[value.encode()]], dtype=np.object_)
@@ -46,10 +44,6 @@ def _start_and_cancel(service, model: str, tensors: dict, engine: int, responses
     return tokens
 
 
-def _idle(service, seconds: float = 300) -> bool:
-    return wait_for(lambda: service.metric("imem_llm_requests_running") == 0, seconds, step=0.1)
-
-
 LONG = '{"max_tokens": 1500, "ignore_eos": true}'
 
 
@@ -62,14 +56,15 @@ def test_cancelling_a_plain_generation_aborts_the_vllm_request(service):
                "sampling_parameters": _bytes(LONG)}
     engine = service.vllm_engine()
     for _ in range(5):
-        cancelled, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
-                                                               "imem_llm_generated_tokens_total"))
+        cancelled, tokens = (service.settled(name) for name in ("imem_llm_requests_cancelled_total",
+                                                                "imem_llm_generated_tokens_total"))
         _start_and_cancel(service, "chat", tensors, engine)
-        assert _idle(service)
-        if service.metric("imem_llm_requests_cancelled_total") == cancelled + 1:
-            assert service.metric("imem_llm_generated_tokens_total") - tokens < 1500
+        assert service.idle()
+        generated = service.settled("imem_llm_generated_tokens_total") - tokens
+        if service.settled("imem_llm_requests_cancelled_total") == cancelled + 1:
+            assert generated < 1500
             return
-        assert service.metric("imem_llm_generated_tokens_total") - tokens == 1500  # it ran to the end
+        assert generated == 1500  # it ran to the end
     pytest.fail("no cancellation came before the last token in 5 tries")
 
 
@@ -82,15 +77,15 @@ def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(
     engine = service.vllm_engine()
     stopped, late, seen = 0, [], 0  # turns stored before this take
     for take in range(6):
-        cancelled, tokens = (service.metric(name) for name in ("imem_llm_requests_cancelled_total",
-                                                               "imem_llm_generated_tokens_total"))
+        cancelled, tokens = (service.settled(name) for name in ("imem_llm_requests_cancelled_total",
+                                                                "imem_llm_generated_tokens_total"))
         at_cancel = _start_and_cancel(
             service, "chat", {"conversation_id": _bytes(conversation),
                               "message": _bytes(f"Tell me a very long story, take {take}."),
                               "stream": np.array([[True]]), "sampling_parameters": _bytes(LONG)},
             engine=engine) - tokens
-        assert _idle(service)
-        generated = service.metric("imem_llm_generated_tokens_total") - tokens
+        assert service.idle()
+        generated = service.settled("imem_llm_generated_tokens_total") - tokens
         turns = client.export(conversation)["turns"]
         stored = [(t["turn"], t["role"], t.get("answered"), (t["metadata"] or {}).get("completion_tokens"))
                   for t in turns[seen:]]
@@ -98,7 +93,7 @@ def test_a_cancelled_chat_stops_its_generation_and_keeps_the_message_unanswered(
         whole = [(seen + 1, "user", True, None), (seen + 2, "assistant", None, generated)]
         seen = len(turns)
         diagnosis = f"take {take}: {generated:.0f} tokens, {at_cancel:.0f} when the client cancelled; stored {stored}"
-        if service.metric("imem_llm_requests_cancelled_total") == cancelled + 1:  # stopped in time
+        if service.settled("imem_llm_requests_cancelled_total") == cancelled + 1:  # stopped in time
             assert stored == unanswered, diagnosis
             stopped += 1
             if stopped == 2:
