@@ -56,6 +56,9 @@ class MemoryConfig:
     candidates: int = field(default_factory=lambda: _int("IMEM_CANDIDATES", 30))
     neighbours: int = field(default_factory=lambda: _int("IMEM_NEIGHBOURS", 2))
     neighbour_weight: float = field(default_factory=lambda: _float("IMEM_NEIGHBOUR_WEIGHT", 0.5))
+    # 1: recalled turns are written with their pleasantries ("Thanks, Mel!"); by default they are left out
+    # (imem/prompt.py).
+    pleasantries: bool = field(default_factory=lambda: _env("IMEM_PLEASANTRIES", "0") == "1")
     # Prompt tokens of the whole rendered prompt (chat template included), never exceeded.
     prompt_budget: int = field(default_factory=lambda: _int("IMEM_PROMPT_BUDGET", 1024))
     max_message_tokens: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_TOKENS", 512))
