@@ -177,7 +177,8 @@ class Memory:
         c = self.config
         return {"policy": "default", "top_k": c.top_k, "threshold": c.threshold, "recent_turns": c.recent_turns,
                 "context_budget": c.context_budget, "prompt_budget": c.prompt_budget, "candidates": c.candidates,
-                "neighbours": c.neighbours, "neighbour_weight": c.neighbour_weight, "pleasantries": c.pleasantries,
+                "neighbours": c.neighbours, "neighbour_weight": c.neighbour_weight,
+                "speaker_search": c.speaker_search, "pleasantries": c.pleasantries,
                 "store": "qdrant-server" if c.qdrant_url else "qdrant-edge"}
 
     def store_message(self, handle: dict) -> Turn:
