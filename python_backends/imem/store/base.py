@@ -312,21 +312,29 @@ class TurnStore(ABC):
     def search(self, tenant: str, conversation_id: str, searches: Sequence[Search], limit: int) -> list[list[ScoredTurn]]:
         """Each search's top-`limit` turns, best first, all in one batch. A text search of stopwords only
         (no BM25 terms) finds nothing."""
-        requests, asked = [], []
+        requests, asked, sparse = [], [], {}
         for s in searches:
             where = scope(tenant, conversation_id, *((Match("role", s.role),) if s.role else ()))
             if s.dense is not None:
                 requests.append(Request(DENSE, np.asarray(s.dense, dtype=np.float32).tolist(), where, limit,
                                         s.threshold or None))
             else:
-                sparse = bm25().embed_query(s.text)
-                if not sparse.indices:
+                if s.text not in sparse:  # the same text searched twice (all turns, one speaker's) is encoded once
+                    sparse[s.text] = bm25().embed_query(s.text)
+                vector = sparse[s.text]
+                if not vector.indices:
                     asked.append(False)
                     continue
-                requests.append(Request(SPARSE, sparse, where, limit, None))
+                requests.append(Request(SPARSE, vector, where, limit, None))
             asked.append(True)
         found = iter(self._search_batch(requests) if requests else [])
-        return [[ScoredTurn(Turn.from_payload(p), score) for p, score in next(found)] if a else [] for a in asked]
+        turns: dict[int, Turn] = {}  # a turn found by several searches is read once
+
+        def turn(payload: dict) -> Turn:
+            number = int(payload["turn"])
+            return turns[number] if number in turns else turns.setdefault(number, Turn.from_payload(payload))
+
+        return [[ScoredTurn(turn(p), score) for p, score in next(found)] if a else [] for a in asked]
 
     def missing_vectors(self, limit: int) -> list[Turn]:
         """Up to `limit` stored turns, of any conversation, that have no dense vector yet."""
