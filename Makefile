@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model model embedder clean loadtest aiperf perf-analyzer bench bench-quick crash soak backpressure deploy-check
+.PHONY: serve test unit integration venv dev-model model embedder clean loadtest aiperf perf-analyzer bench crash soak backpressure property deploy-check
 
 venv: $(VENV)/.installed
 
@@ -31,7 +31,7 @@ $(VENV)/.installed: requirements/engine.txt requirements/service.txt pyproject.t
 	$(PIP) install --no-deps -e .
 	touch $@
 
-# Random weights, fast: the tests and the cost benchmarks run it (README "Models").
+# Random weights, fast: the tests and the cost benchmarks run it (docs/models.md).
 dev-model: venv
 	$(PY) -m imem.dev_model
 
@@ -69,8 +69,8 @@ PROTOCOL    ?= both
 loadtest: venv
 	$(VENV)/bin/imem bench loadtest --users $(USERS) --duration $(DURATION) --protocol $(PROTOCOL)
 
-# NVIDIA AIPerf (its own venv: it pins many packages) against the chat ensemble's HTTP generate_stream;
-# MODEL=llm measures the bare llm instead. Options: loadtest/aiperf/run.sh.
+# NVIDIA AIPerf (its own venv: it pins many packages) against the chat model's HTTP generate_stream;
+# MODE=prompt measures plain generations (no memory) instead. Options: loadtest/aiperf/run.sh.
 aiperf: .venv-aiperf/.installed
 	loadtest/aiperf/run.sh
 .venv-aiperf/.installed:
@@ -87,7 +87,7 @@ perf-analyzer: .venv-perf/.installed
 	.venv-perf/bin/pip install --quiet tritonclient==2.40.0 nvidia-cuda-runtime-cu12==12.9.79
 	touch $@
 
-# The four benchmarks behind the README's performance figures (results/*.json and *.png). Each starts
+# The benchmarks behind docs/performance.md (results/*.json and *.png). Each starts
 # what it needs (overhead and embedder their own tritonserver); BENCH_ARGS=--quick for a short run.
 bench: venv dev-model embedder
 	$(VENV)/bin/imem bench overhead $(BENCH_ARGS)
@@ -95,15 +95,22 @@ bench: venv dev-model embedder
 	$(VENV)/bin/imem bench prompt-cost $(BENCH_ARGS)
 	$(VENV)/bin/imem bench embedder $(BENCH_ARGS)
 
-# Reliability (README "Guarantees"). Each starts its own server on free ports and writes results/<name>.json.
+# Reliability (docs/guarantees.md). Each starts its own server on free ports and writes results/<name>.json.
+# ENGINE=synthetic (a GPU's token stream: restarts in seconds, the load is memory's) or vllm.
 ROUNDS  ?= 50
-MINUTES ?= 20
+MINUTES ?= 60
+ENGINE  ?= synthetic
 crash: venv dev-model embedder
-	$(VENV)/bin/imem bench crash --rounds $(ROUNDS)
+	$(VENV)/bin/imem bench crash --rounds $(ROUNDS) --engine $(ENGINE)
 soak: venv dev-model embedder
-	$(VENV)/bin/imem bench soak --minutes $(MINUTES)
+	$(VENV)/bin/imem bench soak --minutes $(MINUTES) --engine $(ENGINE)
 backpressure: venv dev-model embedder
-	$(VENV)/bin/imem bench backpressure
+	$(VENV)/bin/imem bench backpressure --engine $(ENGINE)
+
+# The property test of concurrent chats, ingests, deletes and exports with more examples than make test's 100.
+EXAMPLES ?= 1000
+property: venv dev-model
+	IMEM_PROPERTY_EXAMPLES=$(EXAMPLES) $(PY) -m pytest -ra tests/integration/test_ordering.py -k interleavings
 
 # Offline checks of docker/ and deploy/ with real linters (hadolint, helm, kubeconform; installed under .build/deploy-tools).
 deploy-check:

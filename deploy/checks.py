@@ -66,17 +66,15 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def launcher():
-    """serve/imem_serve/triton.py, imported without side effects (no .build/ written, no pytriton)."""
+    """serve/imem_serve/launcher.py (importing it has no side effects: nothing is written, no pytriton)."""
     sys.path.insert(0, str(ROOT / "serve"))
-    import imem_serve.triton as triton
+    import imem_serve.launcher
 
-    triton.build_backend_directory = lambda build_dir: Path("/opt/tritonserver/backends")
-    triton._pytriton_dir = lambda: Path("/pytriton")
-    return triton
+    return imem_serve.launcher
 
 
 SETTINGS_MODULES = (ROOT / "python_backends" / "imem" / "config.py", ROOT / "gateway" / "imem_gateway" / "settings.py")
-LAUNCHER_MODULES = (ROOT / "serve" / "imem_serve" / "triton.py", ROOT / "client" / "imem_client" / "cli.py")
+LAUNCHER_MODULES = (ROOT / "serve" / "imem_serve" / "launcher.py", ROOT / "cli" / "imem_cli" / "main.py")
 
 
 def documented_variables(modules=SETTINGS_MODULES) -> dict[str, str]:
@@ -116,14 +114,12 @@ def env_file(path: Path) -> dict[str, str]:
 
 
 def exported_metrics() -> dict[str, str]:
-    """Metric names our models register with Triton (python_backends/**) -> kind."""
-    found = {}
-    text = "\n".join(p.read_text() for p in (ROOT / "python_backends").rglob("*.py"))
-    for name, kind in re.findall(r'"(imem_[a-z_]+)":\s*\("(HISTOGRAM|COUNTER|GAUGE)"', text):
-        found[name] = kind
-    for name, kind in re.findall(r'family\(\s*"(imem_[a-z_]+)".*?MetricFamily\.(COUNTER|GAUGE|HISTOGRAM)', text, re.S):
-        found[name] = kind
-    return found
+    """Metric names our models register with Triton -> kind: imem/metrics.py's table, which they register
+    from (read without importing the package's dependencies)."""
+    sys.path.insert(0, str(ROOT / "python_backends"))
+    from imem.metrics import METRICS
+
+    return {name: kind for name, (_, kind, _, _) in METRICS.items()}
 
 
 TRITON_METRICS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_queue_duration_us",
@@ -174,11 +170,11 @@ def check_images() -> None:
         for word, args in instructions:
             if word == "RUN" and re.search(r"(rm|mv|sed|cp|tee|>)\s[^&|;]*model_repository", args):
                 problem(f"docker/{name} changes model_repository in a RUN: {args[:100]}")
-        for package_dir in ("python_backends", "client", "gateway", "serve", "benchmarks"):
+        for package_dir in ("python_backends", "client", "cli", "gateway", "serve", "benchmarks"):
             if package_dir not in copies:
                 problem(f"docker/{name} does not COPY {package_dir} (a package pyproject.toml installs)")
         ignore = (DOCKER / f"{name}.dockerignore").read_text().split()
-        for needed in ("model_repository", "python_backends", "client", "gateway", "serve", "benchmarks",
+        for needed in ("model_repository", "python_backends", "client", "cli", "gateway", "serve", "benchmarks",
                        "pyproject.toml", "requirements"):
             if f"!{needed}" not in ignore:
                 problem(f"docker/{name}.dockerignore leaves {needed} out of the build context")
@@ -196,7 +192,7 @@ def check_images() -> None:
            f"{', '.join(sorted(linked))} (beside the python backend, as the launcher lays them out)")
 
     # The GPU image's tritonserver flags against TritonServer.command().
-    expected = triton.TritonServer(admin_key="ADMINKEY").command()[1:]
+    expected = triton.TritonServer(admin_key="ADMINKEY").flags(Path("/opt/tritonserver/backends"))
     script = (DOCKER / "entrypoint.sh").read_text()
     call = re.search(r"exec tritonserver \\\n(.*?)\n\s*\"\$@\"", script, re.S)
     if not call:
@@ -316,7 +312,7 @@ def check_settings() -> None:
         if name in ("triton", "gateway"):
             sources[f"compose {name} environment"] = {k: str(v) for k, v in environment.items()}
     # Secrets and ports are not settings of the models: the compose file may also pass what the launcher
-    # reads (IMEM_ADMIN_KEY in serve/imem_serve/triton.py, ports and IMEM_HOST in the CLI).
+    # reads (IMEM_ADMIN_KEY in serve/imem_serve/launcher.py, ports and IMEM_HOST in the CLI).
     launcher_vars = documented_variables(SETTINGS_MODULES + LAUNCHER_MODULES)
     for source, settings in sources.items():
         allowed = launcher_vars if source.startswith("compose") else documented

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from imem_client import wire
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS = REPO_ROOT / "results"
 
@@ -90,7 +92,7 @@ def server(url: str | None, env: dict | None = None, repository: str | None = No
         http = os.environ.get("IMEM_HTTP_URL") or url.replace("grpc://", "http://")
         yield url, http, None
         return
-    from imem_serve.triton import TritonServer, free_ports
+    from imem_serve.launcher import TritonServer, free_ports
 
     workdir = Path(tempfile.mkdtemp(prefix="imem-bench-"))
     http, grpc, metrics = free_ports(3)
@@ -120,64 +122,41 @@ class Sample:
     error: str = ""
 
 
-def bytes_input(grpc, name: str, value) -> object:
-    tensor = grpc.InferInput(name, [1, 1], "BYTES")
-    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
-    tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-    return tensor
-
-
-def bool_input(grpc, name: str, value: bool) -> object:
-    tensor = grpc.InferInput(name, [1, 1], "BOOL")
-    tensor.set_data_from_numpy(np.array([[value]], dtype=bool))
-    return tensor
-
-
 async def stream_once(client, model: str, inputs: list, timeout: float = 300.0) -> Sample:
     """One request on its own gRPC stream; reads responses until the one with a finish_reason."""
+    done = asyncio.Event()
 
     async def requests():
         yield {"model_name": model, "inputs": inputs, "request_id": uuid.uuid4().hex}
+        # Our side of the stream stays open until the final response: Triton cancels the requests of a
+        # stream whose client has finished sending.
+        await done.wait()
 
     start = time.perf_counter()
     first, final, error = None, None, ""
-    responses = client.stream_infer(requests(), stream_timeout=timeout)
+    responses = client.stream_infer(requests(), stream_timeout=timeout, headers=wire.GRPC_ERROR_HEADERS)
     try:
         async for result, failure in responses:
             if failure is not None:
                 error = str(failure)
                 break
-            text = _scalar(result.as_numpy("text_output"))
-            if first is None and text:
+            if first is None and wire.scalar(result.as_numpy("text_output")):
                 first = time.perf_counter()
-            if _scalar(result.as_numpy("finish_reason")):
+            if wire.scalar(result.as_numpy("finish_reason")):
                 final = result
                 break
     except Exception as failure:  # noqa: BLE001 - reported with the sample
         error = repr(failure)
     finally:
-        responses.cancel()
+        done.set()
+        if final is None:  # a request still running is cancelled; a finished one's stream just closes
+            responses.cancel()
     end = time.perf_counter()
-    completion = prompt = 0
-    if final is not None:
-        for name in ("completion_tokens", "num_output_tokens"):
-            value = final.as_numpy(name)
-            if value is not None:
-                completion = int(value.reshape(-1)[0])
-        for name in ("prompt_tokens", "num_input_tokens"):
-            value = final.as_numpy(name)
-            if value is not None:
-                prompt = int(value.reshape(-1)[0])
-    elif not error:
+    chunk = wire.Chunk.from_values(wire.result_values(final)) if final is not None else None
+    if chunk is None and not error:
         error = "the stream ended without a final response"
-    return Sample(((first or end) - start) * 1000, (end - start) * 1000, completion, prompt, start, end, error)
-
-
-def _scalar(array):
-    if array is None:
-        return ""
-    value = array.reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    return Sample(((first or end) - start) * 1000, (end - start) * 1000, chunk.completion_tokens if chunk else 0,
+                  chunk.prompt_tokens if chunk else 0, start, end, error)
 
 
 def summarize_samples(samples: list[Sample], wall: float | None = None) -> dict:

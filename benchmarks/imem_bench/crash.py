@@ -7,21 +7,23 @@ Each round:
      gRPC streaming, gRPC with one response, HTTP generate_stream and HTTP generate; now and then one
      ingests a few history lines. Every message carries a unique tag naming its tenant and conversation.
      A request is acknowledged when its final response (or the ingest's result) reached the client.
-  2. a fault at a random moment: SIGKILL to tritonserver alone (its stubs and vLLM's engine are orphaned
-     and must get out of the way), SIGKILL to its whole process group, SIGKILL to one model's stub
-     (memory, llm or an embedder instance; Triton 2.51 does not restart a dead stub, so the server is
-     then stopped), or SIGTERM (a graceful stop while requests are in flight);
-  3. a new server on the same data folder at once; a start that fails is a restart failure;
-  4. checks, over everything acknowledged in every round so far:
-     lost         an acknowledged turn missing, or holding other text, role or reply link
-     duplicates   a message or a reply stored more than once
-     gaps         turn numbers of a conversation not exactly 1..N
-     half_written a stored reply that is not a whole generation (its finish reason is not stop/length)
-     leaks        a turn of another conversation or tenant in an export or a recall
-     vectors      stored turns still without a dense vector 90 s after the restart
-Prints a summary and writes results/crash.json.
+  2. a fault at a random moment (FAULTS); the processes it killed are recorded, and a fault that found
+     nothing to kill fails its round;
+  3. a new server on the same data folder at once (after a killed engine, the chat model starts a new
+     engine itself: the round waits for a chat to succeed); a start that fails is a restart failure;
+  4. checks, over everything acknowledged in every round so far, read back from the store (export):
+     lost             an acknowledged turn missing, or holding other text, role or reply link
+     duplicates       a message or a reply stored more than once
+     duplicate_numbers two acknowledged requests given the same turn number
+     gaps             turn numbers of a conversation not exactly 1..N
+     half_written     a stored reply that is not a whole generation (its finish reason is not stop/length)
+     leaks            a turn of another conversation or tenant in an export or a recall
+     vectors          stored turns without a dense vector (every turn is stored with one)
+     orphans          processes of the stopped server still alive
+Prints a summary and writes results/crash-<engine>.json (results/crash.json for vLLM).
 
-    imem bench crash --rounds 50
+    imem bench crash --rounds 1000                 # the synthetic engine (a GPU's stream): restarts in seconds
+    imem bench crash --rounds 50 --engine vllm
 """
 
 from __future__ import annotations
@@ -33,33 +35,54 @@ import signal
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imem_bench import common
+from imem_client.wire import Code, ServiceError
 
 TENANTS = ("acme", "globex", "initech")
 PROTOCOLS = ("grpc-stream", "grpc", "http-stream", "http")
-FAULTS = ("kill-server", "kill-group", "kill-memory", "kill-llm", "kill-embedder", "sigterm")
+FAULTS = {
+    "kill-server": "SIGKILL to tritonserver alone: its model processes are orphaned and must get out of the way",
+    "kill-group": "SIGKILL to tritonserver and every process of its group",
+    "kill-memory": "SIGKILL to the memory model's process (Triton 2.51 never restarts one: the server is then "
+                   "killed and started again, as `imem serve`'s supervisor does)",
+    "kill-chat": "SIGKILL to the chat model's process (likewise)",
+    "kill-engine": "SIGKILL to vLLM's engine processes (the chat model starts a new engine itself); vLLM only",
+    "kill-after-store": "memory kills itself right after a store write, before it answers (the crash point)",
+    "sigterm": "a graceful stop while requests are in flight",
+}
+FINDINGS = ("lost", "duplicates", "duplicate_numbers", "gaps", "half_written", "leaks", "vectors")
 WORDS = ("river apple lantern quartz violet harbor meadow copper falcon ember willow saffron glacier "
          "orbit canyon pepper marble thunder cobalt juniper").split()
 
 
 @dataclass
 class Acknowledged:
-    """What a client was told is stored: turn number -> (role, text, reply_to)."""
+    """What clients were told is stored in one conversation: turn number -> (role, text, reply_to)."""
     turns: dict = field(default_factory=dict)
+    # Two acknowledged requests that reported one turn number: a stored turn overwritten, or a number lied.
+    clashes: list = field(default_factory=list)
+
+    def add(self, stored: dict) -> None:
+        for number, turn in stored.items():
+            if number in self.turns and self.turns[number] != turn:
+                self.clashes.append(f"turn {number} acknowledged as {self.turns[number][:2]} and as {turn[:2]}")
+            self.turns.setdefault(number, turn)
 
 
 @dataclass
 class Round:
     number: int
     fault: str
+    killed: list = field(default_factory=list)  # pids of the processes the fault killed
     acknowledged: int = 0
     client_errors: int = 0
+    fault_s: float = 0.0  # injecting the fault (a graceful stop waits for it)
     restart_s: float = 0.0
+    check_s: float = 0.0
     restart_failed: str = ""
     orphans_left: int = 0
     findings: list = field(default_factory=list)
@@ -116,7 +139,7 @@ class Traffic:
                 time.sleep(0.25)
                 continue
             with self.lock:
-                self.ledger[(tenant, conversation)].turns.update(stored)
+                self.ledger[(tenant, conversation)].add(stored)
                 self.acknowledged += 1
         for client in clients.values():
             client.close()
@@ -127,46 +150,73 @@ def ours(text: str) -> bool:
     return any(text.startswith(f"[{tenant}/") for tenant in TENANTS)
 
 
-def inject(server, fault: str, rng: random.Random) -> None:
+def engine_processes(server) -> list[int]:
+    from imem_serve.launcher import group_members
+
+    return [pid for pid in group_members(server.process.pid)
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::")]
+
+
+def inject(server, fault: str, rng: random.Random, crash_point: Path) -> list[int]:
+    """Injects `fault`; returns the pids it killed (for a graceful stop, tritonserver's)."""
+    pid = server.process.pid
     if fault == "kill-server":
-        os.kill(server.process.pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         server.process.wait()  # reaped: its orphaned stubs see it gone (they poll their parent every 300 ms)
-    elif fault == "kill-group":
+        return [pid]
+    if fault == "kill-group":
+        from imem_serve.launcher import group_members
+
+        members = group_members(pid)
         server.kill()
-    elif fault == "sigterm":
+        return members
+    if fault == "sigterm":
         server.stop()
-    else:
-        model = fault.removeprefix("kill-")
-        stubs = [pid for name, pid in server.stubs().items() if name.startswith(model + "_")]
-        if stubs:
-            os.kill(rng.choice(stubs), signal.SIGKILL)
-        time.sleep(1.0)  # requests in flight meet the dead stub
-        server.stop()
+        return [pid]
+    if fault == "kill-engine":
+        pids = engine_processes(server)
+        for engine in pids:
+            os.kill(engine, signal.SIGKILL)
+        return pids
+    if fault == "kill-after-store":
+        memory = server.stubs().get("memory_0_0")
+        crash_point.touch()  # armed: memory's next write is its last
+        deadline = time.monotonic() + 20
+        while memory and Path(f"/proc/{memory}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        crash_point.unlink(missing_ok=True)
+        killed = [memory] if memory and not Path(f"/proc/{memory}").exists() else []
+        server.kill()
+        return killed
+    stub = next((p for name, p in server.stubs().items() if name.startswith(fault.removeprefix("kill-") + "_")), None)
+    if stub is None:
+        return []
+    os.kill(stub, signal.SIGKILL)
+    time.sleep(1.0)  # requests in flight meet the dead process; then what the supervisor does
+    server.kill()
+    return [stub]
 
 
-def metric(server, name: str) -> float | None:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
-    for line in body.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def check(grpc_url: str, ledger: dict, server, vector_wait: float) -> dict:
+def check(grpc_url: str, ledger: dict) -> dict:
     """Every finding, by kind, over everything acknowledged so far."""
-    from imem_client.client import Client, ServiceError
+    from imem_client.client import Client
 
-    findings: dict[str, list] = {k: [] for k in ("lost", "duplicates", "gaps", "half_written", "leaks", "vectors")}
+    findings: dict[str, list] = {k: [] for k in FINDINGS}
     client = Client(grpc_url, timeout=120)
     exports = {}
     for (tenant, conversation), acked in ledger.items():
+        findings["duplicate_numbers"] += [f"{tenant}/{conversation}: {clash}" for clash in acked.clashes]
         try:
-            turns = client.export(conversation, tenant=tenant)["turns"]
+            export = client.export(conversation, tenant=tenant)
         except ServiceError as error:  # an unknown conversation: lost if anything was acknowledged in it
-            turns = []
+            if error.code != Code.NOT_FOUND:
+                raise
+            export = {"turns": [], "vectors_missing": 0}
             if acked.turns:
-                findings["lost"].append(f"{tenant}/{conversation}: export failed: {error}")
-        exports[(tenant, conversation)] = turns
+                findings["lost"].append(f"{tenant}/{conversation}: unknown to memory: {error}")
+        turns = exports[(tenant, conversation)] = export["turns"]
+        if export["vectors_missing"]:
+            findings["vectors"].append(f"{tenant}/{conversation}: {export['vectors_missing']} turns without a vector")
         by_number = {t["turn"]: t for t in turns}
         if [t["turn"] for t in turns] != list(range(1, len(turns) + 1)):
             findings["gaps"].append(f"{tenant}/{conversation}: numbers {[t['turn'] for t in turns][:50]}")
@@ -176,9 +226,11 @@ def check(grpc_url: str, ledger: dict, server, vector_wait: float) -> dict:
                 findings["lost"].append(f"{tenant}/{conversation} turn {number}: acknowledged {(role, text[:60])}, "
                                         f"stored {stored and (stored['role'], stored['text'][:60])}")
         tags = Counter(t["text"].split("]", 1)[0] for t in turns if ours(t["text"]))
-        findings["duplicates"] += [f"{tenant}/{conversation}: {tag}] stored {n} times" for tag, n in tags.items() if n > 1]
+        findings["duplicates"] += [f"{tenant}/{conversation}: {tag}] stored {n} times"
+                                   for tag, n in tags.items() if n > 1]
         replies = Counter(t["reply_to"] for t in turns if t.get("reply_to"))
-        findings["duplicates"] += [f"{tenant}/{conversation}: turn {n} answered {k} times" for n, k in replies.items() if k > 1]
+        findings["duplicates"] += [f"{tenant}/{conversation}: turn {n} answered {k} times"
+                                   for n, k in replies.items() if k > 1]
         for t in turns:
             if t["role"] == "assistant" and t.get("reply_to") and \
                     t["metadata"].get("finish_reason") not in ("stop", "length"):
@@ -191,60 +243,79 @@ def check(grpc_url: str, ledger: dict, server, vector_wait: float) -> dict:
         if not exports[(tenant, conversation)]:
             continue
         other = keys[(i + 1) % len(keys)]
-        try:
-            result = client.recall(conversation, f"{other[0]}/{other[1]} river apple", tenant=tenant)
-        except ServiceError as error:
-            findings["leaks"].append(f"{tenant}/{conversation}: recall failed: {error}")
-            continue
+        result = client.recall(conversation, f"{other[0]}/{other[1]} river apple", tenant=tenant)
         for t in result["recalled"] + result["recent"]:
             if ours(t["text"]) and not t["text"].startswith(f"[{tenant}/{conversation} "):
                 findings["leaks"].append(f"{tenant}/{conversation} recalls {t['text'][:60]}")
     client.close()
-    deadline = time.monotonic() + vector_wait
-    missing = metric(server, "imem_memory_vectors_missing")
-    while (missing is None or missing > 0) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        missing = metric(server, "imem_memory_vectors_missing")
-    if missing:
-        findings["vectors"].append(f"{missing:.0f} stored turns without a dense vector after {vector_wait:.0f} s")
     return findings
 
 
+def chats_again(grpc_url: str, timeout: float = 300) -> None:
+    """Waits until a chat is answered (after a killed engine, the chat model starts a new one)."""
+    from imem_client.client import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(grpc_url, timeout=60) as client:
+        while True:
+            try:
+                client.chat("crash-probe", "are you back?", tenant="probe", sampling={"max_tokens": 2})
+                return
+            except ServiceError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from imem_serve.triton import TritonServer, group_members
+    from imem_serve.launcher import TritonServer, free_ports, group_members
 
     parser = argparse.ArgumentParser(prog="imem bench crash", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--engine", choices=("synthetic", "vllm"), default="synthetic",
+                        help="the server's engine (default synthetic: a GPU's token stream, restarts in seconds)")
     parser.add_argument("--workers", type=int, default=6, help="client threads writing at once (default 6)")
     parser.add_argument("--conversations", type=int, default=4, help="conversations per tenant (default 4)")
-    parser.add_argument("--faults", default=",".join(FAULTS), help=f"which faults to draw from ({', '.join(FAULTS)})")
+    parser.add_argument("--faults", default=None, help=f"which faults to draw from (default all the engine has: "
+                                                       f"{', '.join(FAULTS)})")
     parser.add_argument("--max-delay", type=float, default=4.0, help="latest moment of the fault after the traffic "
                                                                       "starts (s)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data", default=None, help="data folder (default: a new temporary one)")
-    parser.add_argument("--json", default=None, help="output (default results/crash.json)")
+    parser.add_argument("--json", default=None, help="output (default results/crash-synthetic.json, or "
+                                                     "results/crash.json for vllm)")
     args = parser.parse_args(argv)
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     rng = random.Random(seed)
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    default_faults = [f for f in FAULTS if args.engine == "vllm" or f != "kill-engine"]
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else default_faults
+    unknown = set(faults) - set(default_faults)
+    if unknown:
+        parser.error(f"unknown fault(s) for the {args.engine} engine: {', '.join(sorted(unknown))}")
     workdir = Path(tempfile.mkdtemp(prefix="imem-crash-"))
     data = Path(args.data) if args.data else workdir / "data"
-    ports = dict(http_port=common._free_port(), grpc_port=common._free_port(), metrics_port=common._free_port())
-    env = {"IMEM_DATA_DIR": str(data), "IMEM_METRICS_INTERVAL_S": "0.5", "IMEM_BACKFILL_LINGER_MS": "200"}
+    crash_point = workdir / "crash-point"
+    http, grpc, metrics = free_ports(3)
+    env = {"IMEM_DATA_DIR": str(data), "IMEM_ENGINE": args.engine, "IMEM_CRASH_POINT_FILE": str(crash_point),
+           # the synthetic engine a little faster than a GPU's 50 tokens/s: more acknowledged turns per round
+           "IMEM_SYNTHETIC_TOKENS_PER_S": "200"}
     conversations = [(tenant, f"conv-{i}") for tenant in TENANTS for i in range(args.conversations)]
     ledger = {key: Acknowledged() for key in conversations}
-    grpc_url, http_url = f"grpc://127.0.0.1:{ports['grpc_port']}", f"http://127.0.0.1:{ports['http_port']}"
+    grpc_url, http_url = f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"
 
     def new_server() -> TritonServer:
-        return TritonServer(host="127.0.0.1", log_path=workdir / "triton.log", env=env, exit_timeout=5, **ports)
+        return TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1",
+                            log_path=workdir / "triton.log", env=env, exit_timeout=5)
 
-    print(f"crash test: {args.rounds} rounds, seed {seed}, data {data}, log {workdir / 'triton.log'}", flush=True)
+    print(f"crash test: {args.rounds} rounds on the {args.engine} engine, seed {seed}, data {data}, "
+          f"log {workdir / 'triton.log'}", flush=True)
+    started_all = time.monotonic()
     server = new_server().start()
     server.wait_ready(timeout=600)
     rounds: list[Round] = []
-    totals = Counter()
+    totals: Counter = Counter()
     for number in range(1, args.rounds + 1):
         fault = rng.choice(faults)
         current = Round(number, fault)
@@ -252,11 +323,16 @@ def main(argv: list[str] | None = None) -> int:
         traffic.start()
         time.sleep(rng.uniform(0.3, args.max_delay))
         old_group = server.process.pid
-        inject(server, fault, rng)
         started = time.monotonic()
-        server = new_server().start()  # at once, on the same data: orphans of a killed server may still run
+        current.killed = inject(server, fault, rng, crash_point)
+        current.fault_s = round(time.monotonic() - started, 1)
+        started = time.monotonic()
         try:
-            server.wait_ready(timeout=600)
+            if fault == "kill-engine":
+                chats_again(grpc_url)
+            else:
+                server = new_server().start()  # at once, on the same data: orphans of a killed server may run
+                server.wait_ready(timeout=600)
         except Exception as error:  # noqa: BLE001 - a restart failure is a finding; start clean for the next round
             current.restart_failed = str(error)
             server.kill()
@@ -264,35 +340,39 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready(timeout=600)
         current.restart_s = round(time.monotonic() - started, 1)
         traffic.finish()
-        leftover = group_members(old_group)
-        current.orphans_left = len(leftover)
-        for pid in leftover:  # never expected; reported, then cleaned up so the next round starts clean
-            os.kill(pid, signal.SIGKILL)
+        if fault != "kill-engine":
+            leftover = group_members(old_group)
+            current.orphans_left = len(leftover)
+            for pid in leftover:  # never expected; reported, then cleaned up so the next round starts clean
+                os.kill(pid, signal.SIGKILL)
         current.acknowledged, current.client_errors = traffic.acknowledged, traffic.errors
-        findings = check(grpc_url, ledger, server, vector_wait=90)
+        started = time.monotonic()
+        findings = check(grpc_url, ledger)
+        current.check_s = round(time.monotonic() - started, 1)
+        if not current.killed:
+            findings["nothing_killed"] = [f"{fault} found nothing to kill"]
         current.findings = [f"{kind}: {item}" for kind, items in findings.items() for item in items]
         for kind, items in findings.items():
             totals[kind] = max(totals[kind], len(items))  # findings are cumulative: the worst round counts
+        totals["nothing_killed"] += 0 if current.killed else 1
         rounds.append(current)
-        print(f"round {number:3d} {fault:13s} acknowledged {traffic.acknowledged:3d} (client errors "
-              f"{traffic.errors:3d}) restart {current.restart_s:5.1f} s"
+        print(f"round {number:4d} {fault:16s} killed {len(current.killed)} acknowledged {traffic.acknowledged:3d} "
+              f"(client errors {traffic.errors:3d}) fault {current.fault_s:4.1f} s, "
+              f"restart {current.restart_s:5.1f} s, check {current.check_s:4.1f} s"
               + (f" RESTART FAILED: {current.restart_failed[:200]}" if current.restart_failed else "")
-              + (f" ORPHANS LEFT: {len(leftover)}" if leftover else "")
+              + (f" ORPHANS LEFT: {current.orphans_left}" if current.orphans_left else "")
               + "".join(f"\n    {f[:300]}" for f in current.findings[:10]), flush=True)
     server.stop()
 
-    acknowledged_turns = sum(len(a.turns) for a in ledger.values())
     restart = [r.restart_s for r in rounds]
     summary = {
+        "engine": args.engine,
         "rounds": len(rounds),
+        "wall_s": round(time.monotonic() - started_all, 1),
         "acknowledged": sum(r.acknowledged for r in rounds),
-        "acknowledged_turns": acknowledged_turns,
-        "lost": totals["lost"],
-        "duplicates": totals["duplicates"],
-        "gaps": totals["gaps"],
-        "leaks": totals["leaks"],
-        "half_written": totals["half_written"],
-        "vectors_unset": totals["vectors"],
+        "acknowledged_turns": sum(len(a.turns) for a in ledger.values()),
+        **{kind: totals[kind] for kind in FINDINGS},
+        "nothing_killed": totals["nothing_killed"],
         "restart_failures": sum(1 for r in rounds if r.restart_failed),
         "orphans_left": sum(r.orphans_left for r in rounds),
         "faults": dict(Counter(r.fault for r in rounds)),
@@ -300,16 +380,13 @@ def main(argv: list[str] | None = None) -> int:
         "restart_s_p50": round(common.percentile(restart, 50), 1) if restart else None,
         "restart_s_max": max(restart) if restart else None,
     }
-    print("\n" + common.md_table(["rounds", "acknowledged requests", "acknowledged turns", "lost", "duplicates",
-                                  "gaps", "leaks", "half-written", "vectors unset", "restart failures"],
-                                 [[summary[k] for k in ("rounds", "acknowledged", "acknowledged_turns", "lost",
-                                                        "duplicates", "gaps", "leaks", "half_written", "vectors_unset",
-                                                        "restart_failures")]]))
+    columns = ("rounds", "acknowledged", "acknowledged_turns", *FINDINGS, "restart_failures")
+    print("\n" + common.md_table(list(columns), [[summary[k] for k in columns]]))
     print(f"faults: {summary['faults']}; restart p50 {summary['restart_s_p50']} s, max {summary['restart_s_max']} s; "
-          f"{summary['client_errors']} requests failed in flight (never acknowledged)")
-    common.write_results("crash", {"machine": common.machine(), "seed": seed, "workers": args.workers,
-                                   "conversations": len(conversations), **summary,
-                                   "rounds_detail": [r.__dict__ for r in rounds]}, args.json)
-    clean = all(summary[k] == 0 for k in ("lost", "duplicates", "gaps", "leaks", "half_written", "vectors_unset",
-                                          "restart_failures", "orphans_left"))
+          f"{summary['client_errors']} requests failed in flight (never acknowledged); {summary['wall_s']} s in all")
+    name = "crash" if args.engine == "vllm" else f"crash-{args.engine}"
+    common.write_results(name, {"machine": common.machine(), "seed": seed, "workers": args.workers,
+                                "conversations": len(conversations), "fault_kinds": {f: FAULTS[f] for f in faults},
+                                **summary, "rounds_detail": [r.__dict__ for r in rounds]}, args.json)
+    clean = all(summary[k] == 0 for k in (*FINDINGS, "nothing_killed", "restart_failures", "orphans_left"))
     return 0 if clean else 1

@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         for flush in (False, True):
             times = time_writes(root / f"flush-{flush}", args.writes, flush)
             rows.append({"flush_each_write": flush, "writes": len(times),
-                         "p50_ms": round(common.percentile(times, 50), 3), "p99_ms": round(common.percentile(times, 99), 3),
+                         "p50_ms": round(common.percentile(times, 50), 3),
+                         "p99_ms": round(common.percentile(times, 99), 3),
                          "mean_ms": round(sum(times) / len(times), 3)})
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(common.md_table(["IMEM_FLUSH_EACH_WRITE", "writes", "p50 ms", "p99 ms", "mean ms"],
-                          [[int(r["flush_each_write"]), r["writes"], r["p50_ms"], r["p99_ms"], r["mean_ms"]] for r in rows]))
+                          [[int(r["flush_each_write"]), r["writes"], r["p50_ms"], r["p99_ms"], r["mean_ms"]]
+                           for r in rows]))
     print(f"\na write that survives power loss costs {rows[1]['p50_ms'] / rows[0]['p50_ms']:.1f}x at p50 "
           f"(+{rows[1]['p50_ms'] - rows[0]['p50_ms']:.2f} ms); a chat exchange makes two writes")
     common.write_results("durability", {"machine": common.machine(), "filesystem": str(root.parent), "rows": rows},

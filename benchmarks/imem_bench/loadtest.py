@@ -23,8 +23,13 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
-USER_CLASSES = {"grpc": ["GrpcChatUser"], "http": ["HttpChatUser"], "both": ["GrpcChatUser", "HttpChatUser"]}
-PROTOCOLS = ("grpc", "http")
+USER_CLASSES = {"grpc": ["GrpcChatUser"], "http": ["HttpChatUser"], "openai": ["OpenAIChatUser"],
+                "both": ["GrpcChatUser", "HttpChatUser"]}
+PROTOCOLS = ("grpc", "http", "openai")
+# The entry Locust files a refusal for capacity under (an UNAVAILABLE error: nothing stored), and the
+# check, after each, that its message is not in memory.
+REFUSED = "chat: refused (busy)"
+REFUSED_STORED = "memory: refused turn stored"
 
 
 def _number(value: str) -> float:
@@ -49,7 +54,7 @@ def summarize(stats_csv: str | Path, failures_csv: str | Path | None = None) -> 
     totals = {"turns": 0, "failures": 0, "turns_per_s": 0.0, "tokens": 0.0, "tokens_per_s": 0.0}
     for protocol in PROTOCOLS:
         full = rows.get((protocol, f"{protocol} chat: full response"))
-        refused = rows.get((protocol, f"{protocol} chat: refused (busy)"))
+        refused = rows.get((protocol, f"{protocol} {REFUSED}"))
         if full is None and refused is None:
             continue
         if full is None:  # a flood where every request was refused
@@ -74,6 +79,10 @@ def summarize(stats_csv: str | Path, failures_csv: str | Path | None = None) -> 
         if refused is not None:
             entry["refused"] = int(_number(refused["Request Count"]))
             entry["refusal_latency"] = _latency(refused)
+        stored = rows.get((protocol, f"{protocol} {REFUSED_STORED}"))
+        if stored is not None:
+            entry["refused_checked"] = int(_number(stored["Request Count"]))
+            entry["refused_stored"] = int(_number(stored["Failure Count"]))
         summary["protocols"][protocol] = entry
         for key in ("turns", "failures", "turns_per_s", "tokens", "tokens_per_s"):
             totals[key] += entry[key]
@@ -93,11 +102,12 @@ def table(summary: dict) -> str:
     for protocol, e in summary["protocols"].items():
         ttft, lat = e["time_to_first_token"], e["latency"]
         recall = f"{e['fact_recall_rate']:.0%} of {e['fact_questions']}" if "fact_recall_rate" in e else "-"
-        lines.append(f"| {protocol} | {e['turns']} | {e['failures']} | {e['turns_per_s']:.2f} | {e['tokens_per_s']:.1f} "
-                     f"| {ttft.get('p50_ms', 0):.0f} / {ttft.get('p95_ms', 0):.0f} / {ttft.get('p99_ms', 0):.0f} "
-                     f"| {lat.get('p50_ms', 0):.0f} / {lat.get('p95_ms', 0):.0f} / {lat.get('p99_ms', 0):.0f} | {recall} |")
-    lines.append(f"\nall: {summary['turns']} turns, {summary['failures']} failed, {summary['turns_per_s']:.2f} turns/s, "
-                 f"{summary['tokens_per_s']:.1f} tokens/s")
+        ttft_ms = " / ".join(f"{ttft.get(k, 0):.0f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
+        latency_ms = " / ".join(f"{lat.get(k, 0):.0f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
+        lines.append(f"| {protocol} | {e['turns']} | {e['failures']} | {e['turns_per_s']:.2f} "
+                     f"| {e['tokens_per_s']:.1f} | {ttft_ms} | {latency_ms} | {recall} |")
+    lines.append(f"\nall: {summary['turns']} turns, {summary['failures']} failed, "
+                 f"{summary['turns_per_s']:.2f} turns/s, {summary['tokens_per_s']:.1f} tokens/s")
     for error in summary["errors"][:5]:
         lines.append(f"error x{error['occurrences']} in {error['name']}: {error['error'][:160]}")
     return "\n".join(lines)
@@ -112,6 +122,7 @@ def locust_command(users: int, duration: str, prefix: Path, protocol: str = "bot
 
 
 def locust_env(grpc_url: str | None, http_url: str | None, max_tokens: int, turns: int, **extra: str) -> dict:
+    """The locustfile's options, as the environment variables it reads them from."""
     env = dict(os.environ, IMEM_LOADTEST_MAX_TOKENS=str(max_tokens), IMEM_LOADTEST_TURNS=str(turns), **extra)
     if grpc_url:
         env["IMEM_URL"] = grpc_url
@@ -168,15 +179,19 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="imem bench loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=8, help="concurrent conversations (default 8)")
-    parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
+    parser.add_argument("--spawn-rate", type=float, default=None,
+                        help="users started per second (default: all at once)")
     parser.add_argument("--duration", default="60s", help="Locust run time, e.g. 30s, 5m (default 60s)")
     parser.add_argument("--protocol", choices=sorted(USER_CLASSES), default="both",
-                        help="gRPC users, HTTP users, or half of each (default both)")
+                        help="gRPC users, HTTP users, half of each (default both), or users of the OpenAI gateway")
     parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per turn (default 32)")
     parser.add_argument("--turns", type=int, default=10, help="user turns per conversation (default 10)")
     parser.add_argument("--url", default=None, help="grpc://host:port (default IMEM_URL or grpc://localhost:GRPC_PORT)")
     parser.add_argument("--http-url", default=None, help="http://host:port (default IMEM_HTTP_URL or "
                                                          "http://localhost:HTTP_PORT)")
+    parser.add_argument("--gateway-url", default=None, help="the OpenAI gateway, for --protocol openai "
+                                                            "(default IMEM_GATEWAY_URL or http://localhost:8080)")
+    parser.add_argument("--api-key", default=None, help="a gateway API key (default IMEM_API_KEY)")
     parser.add_argument("--out", default=None, help="results folder (default results/loadtest/<UTC time>)")
     parser.add_argument("--json", default=None, help="also write the summary JSON here")
     parser.add_argument("--quick", action="store_true", help="2 users for 15 s")
@@ -189,7 +204,10 @@ def main(argv: list[str]) -> int:
     print(f"running Locust for {args.duration} with {args.users} user(s) ({args.protocol}); results in {out}",
           flush=True)
     summary = run_locust(locust_command(args.users, args.duration, prefix, args.protocol, args.spawn_rate),
-                         locust_env(args.url, args.http_url, args.max_tokens, args.turns), prefix)
+                         locust_env(args.url, args.http_url, args.max_tokens, args.turns,
+                                    **{name: value for name, value in (("IMEM_GATEWAY_URL", args.gateway_url),
+                                                                       ("IMEM_API_KEY", args.api_key)) if value}),
+                         prefix)
     if summary is None:
         return 1
     summary["settings"] = {"users": args.users, "duration": args.duration, "protocol": args.protocol,

@@ -9,9 +9,10 @@ Two engines (--engine):
              come from a GPU. Defaults: 1, 16, 64 and 128 conversations, 128-token replies.
 
 For each concurrency (conversations in flight at once), the same load is sent two ways and alternated:
-  chat  the `chat` ensemble: embed the message, recall + pack the prompt, generate, store the exchange
-  llm   the bare `llm` model, given prompts of exactly the token counts chat built (the chat template
-        around random words, so vLLM's prefix cache helps it no more than it helps chat)
+  chat  a chat: embed the message, recall + pack the prompt, generate, store the exchange
+  llm   a plain generation on the same model and engine (`text_input`, no memory), given prompts of exactly
+        the token counts chat built (the chat template around random words, so vLLM's prefix cache helps
+        it no more than it helps chat)
 Both stream over Triton gRPC with the same sampling (max_tokens, ignore_eos: every completion has the same
 length). Conversations are first given --history turns of synthetic history (memory ingest), so recall
 works on a real store and prompts are full-sized. Reported per concurrency: time to first token, full-
@@ -37,6 +38,7 @@ from imem import config
 from imem_bench import common
 from imem_bench.processes import cpu_by_role, cpu_seconds
 from imem_bench.synthetic import Conversation, history
+from imem_client import wire
 
 # With the synthetic engine (a GPU's token stream), memory must keep up: chat keeps at least these shares
 # of the bare llm's tokens/s, and adds at most this much time to the first token (p50, ms) at these levels.
@@ -93,9 +95,8 @@ async def _ingest(client, grpc, tenant: str, conversations: list[str], turns: in
     rng = random.Random(seed)
     for conversation in conversations:
         lines = "\n".join(json.dumps(h) for h in history(rng, turns))
-        inputs = [common.bytes_input(grpc, "operation", "ingest"), common.bytes_input(grpc, "tenant", tenant),
-                  common.bytes_input(grpc, "conversation_id", conversation), common.bytes_input(grpc, "payload", lines)]
-        await client.infer("memory", inputs)
+        await client.infer(wire.MEMORY, wire.inputs(grpc, wire.memory_fields("ingest", conversation, tenant,
+                                                                            payload=lines)))
 
 
 def llm_prompts(maker: PromptMaker, prompt_tokens: list[list[int]], per_worker: int) -> list[list[str]]:
@@ -118,15 +119,11 @@ async def _phase(clients, grpc, kind: str, tenant: str, scripts: list[Conversati
                 if script.done:
                     script.position = 0
                 message, _ = script.next_message()
-                inputs = [common.bytes_input(grpc, "conversation_id", script.id), common.bytes_input(grpc, "tenant", tenant),
-                          common.bytes_input(grpc, "message", message), common.bool_input(grpc, "stream", True),
-                          common.bytes_input(grpc, "sampling_parameters", sampling)]
-                out.append(await common.stream_once(client, "chat", inputs))
+                fields = wire.chat_fields(script.id, message, tenant, sampling=json.loads(sampling))
+                out.append(await common.stream_once(client, wire.CHAT, wire.inputs(grpc, fields)))
             else:
-                inputs = [common.bytes_input(grpc, "text_input", prompts[index][step]),
-                          common.bool_input(grpc, "stream", True), common.bytes_input(grpc, "sampling_parameters", sampling),
-                          common.bool_input(grpc, "exclude_input_in_output", True)]
-                out.append(await common.stream_once(client, "llm", inputs))
+                fields = wire.prompt_fields(prompts[index][step], sampling=sampling)
+                out.append(await common.stream_once(client, wire.CHAT, wire.inputs(grpc, fields)))
         return out
 
     results = await asyncio.gather(*(worker(i) for i in range(len(scripts))))
@@ -150,7 +147,7 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
 
     address = url.split("://", 1)[-1]
     # A few channels, as many clients would have; one channel per conversation would measure gRPC set-up.
-    clients = [aio.InferenceServerClient(address) for _ in range(4)]
+    clients = [aio.InferenceServerClient(address, channel_args=wire.GRPC_CHANNEL_ARGS) for _ in range(4)]
     maker = PromptMaker(seed)
     # No seed: vLLM 0.32's CPU worker dies when a seeded request's prefill is chunked under load.
     sampling = json.dumps({"max_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0})
@@ -174,13 +171,13 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
             # Rounds alternate chat and llm: throughput is over each model's own phases, not the span between.
             walls = {"chat": 0.0, "llm": 0.0}
             cpu = {"chat": {}, "llm": {}}  # CPU seconds used during each model's phases, per process
-            chat_stats = {"memory": {}, "llm": {}}
+            chat_stats = {"memory": {}, "chat": {}}
             for round_ in range(rounds):
                 order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
                 for kind in order:
                     prompts = llm_prompts(maker, sizes, per_worker) if kind == "llm" else []
                     await asyncio.sleep(SETTLE_S)
-                    before = await common.model_stats(clients[0], ["memory", "llm"])
+                    before = await common.model_stats(clients[0], ["memory", "chat"])
                     cpu_before = {**(cpu_by_role(server) if server else {}), "bench client": own_cpu_seconds()}
                     started = time.perf_counter()
                     got = await _phase(clients, grpc, kind, tenant, scripts, per_worker, prompts, sampling)
@@ -189,15 +186,15 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                     for name, used in cpu_after.items():
                         cpu[kind][name] = cpu[kind].get(name, 0.0) + used - cpu_before.get(name, used)
                     if kind == "chat":
-                        after = await common.model_stats(clients[0], ["memory", "llm"])
+                        after = await common.model_stats(clients[0], ["memory", "chat"])
                         chat_stats = common.stats_sum(chat_stats, common.stats_delta(before, after, 1))
                         per = {w: [] for w in range(concurrency)}
                         for i, s in enumerate(got):
                             per[i // per_worker].append(s.prompt_tokens)
                         sizes = [per[w] or [1] for w in range(concurrency)]
                     samples[kind].extend(got)
-                    print(f"  round {round_ + 1} {kind:4s}: {len(got)} requests in {time.perf_counter() - started:.1f}s",
-                          flush=True)
+                    print(f"  round {round_ + 1} {kind:4s}: {len(got)} requests in "
+                          f"{time.perf_counter() - started:.1f}s", flush=True)
             chat, llm = (common.summarize_samples(samples[kind], walls[kind]) for kind in ("chat", "llm"))
             chats = len(samples["chat"])
             level = {"concurrency": concurrency, "chat": chat, "llm": llm,
@@ -251,7 +248,8 @@ def report(levels: dict) -> str:
                          + (f"; bare llm reached {level['bare_reaches_offered']:.0%} of the offered "
                             f"{level['offered_tokens_per_s']:.0f} tokens/s" if "offered_tokens_per_s" in level else ""))
             for kind, used in level.get("cpu_ms_per_request", {}).items():
-                lines.append(f"  CPU ms per {kind} request: " + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
+                lines.append(f"  CPU ms per {kind} request: "
+                             + ", ".join(f"{name} {ms:.1f}" for name, ms in used.items()))
     return "\n".join(lines)
 
 

@@ -14,39 +14,14 @@ import os
 import queue
 import threading
 import uuid
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import urlparse
 
-import numpy as np
+from imem_client import wire
+from imem_client.wire import Chunk, Code, ServiceError
 
-
-class ServiceError(RuntimeError):
-    """The server rejected or failed the request (the message is the server's), or could not be reached."""
-
-
-def _service_error(error: Exception, address: str) -> ServiceError:
-    """tritonclient's error as a ServiceError. gRPC words a refused or cut connection a dozen ways ("Socket
-    closed", "Stream removed", "failed to connect to all addresses", ...); all of them are UNAVAILABLE."""
-    message = error.message() if hasattr(error, "message") else str(error)
-    if hasattr(error, "status") and error.status() == "StatusCode.UNAVAILABLE":
-        return ServiceError(f"the server at {address} is unavailable (connection refused or lost): {message}")
-    return ServiceError(message)
-
-
-@dataclass
-class Chunk:
-    text: str
-    finish_reason: str = ""
-    turn: int = 0  # the stored user turn (from the first response on)
-    reply_turn: int = 0  # the stored reply (final response)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    recalled: list = field(default_factory=list)
-
-    @property
-    def final(self) -> bool:
-        return bool(self.finish_reason)
+__all__ = ["ChatReply", "Chunk", "Client", "Code", "ServiceError", "default_url"]
 
 
 @dataclass
@@ -78,19 +53,6 @@ def default_url() -> str:
     return os.environ.get("IMEM_URL") or f"grpc://localhost:{os.environ.get('GRPC_PORT', '8001')}"
 
 
-def _chunk_from(values: dict) -> Chunk:
-    recalled = values.get("recalled") or "[]"
-    return Chunk(
-        text=values.get("text_output", ""),
-        finish_reason=values.get("finish_reason", ""),
-        turn=int(values.get("turn", 0)),
-        reply_turn=int(values.get("reply_turn", 0)),
-        prompt_tokens=int(values.get("prompt_tokens", 0)),
-        completion_tokens=int(values.get("completion_tokens", 0)),
-        recalled=json.loads(recalled) if isinstance(recalled, str) else recalled,
-    )
-
-
 class Client:
     def __init__(self, url: str | None = None, timeout: float = 300.0):
         url = url or default_url()
@@ -102,12 +64,12 @@ class Client:
             import tritonclient.grpc as grpcclient
 
             self._grpc = grpcclient
-            self._client = grpcclient.InferenceServerClient(self.address)
+            self._client = grpcclient.InferenceServerClient(self.address, channel_args=wire.GRPC_CHANNEL_ARGS)
         elif self.protocol in ("http", "https"):
             import requests
             import tritonclient.http as httpclient
 
-            self._http = httpclient
+            self._http, self._requests = httpclient, requests
             self._client = httpclient.InferenceServerClient(self.address, ssl=self.protocol == "https",
                                                             network_timeout=timeout, connection_timeout=timeout)
             self._session = requests.Session()
@@ -132,71 +94,88 @@ class Client:
                     sampling: dict | None = None, system: str = "", stream: bool = True,
                     recall_policy: str = "") -> Iterator[Chunk]:
         """`recall_policy`: one of the benchmarks' reference policies instead of memory's own (imem/recall.py)."""
-        fields = {"conversation_id": conversation_id, "message": message, "tenant": tenant, "stream": stream,
-                  "sampling_parameters": json.dumps(sampling or {})}
-        if system:
-            fields["system"] = system
-        if recall_policy:
-            fields["recall_policy"] = recall_policy
-        if self.protocol == "grpc":
-            yield from self._grpc_stream("chat", fields)
-        else:
-            yield from self._http_stream("chat", fields)
+        yield from self.stream(wire.chat_fields(conversation_id, message, tenant, stream, sampling, system,
+                                                recall_policy))
 
-    def _grpc_stream(self, model: str, fields: dict) -> Iterator[Chunk]:
-        grpc = self._grpc
-        inputs = []
-        for name, value in fields.items():
-            if isinstance(value, bool):
-                tensor = grpc.InferInput(name, [1, 1], "BOOL")
-                tensor.set_data_from_numpy(np.array([[value]], dtype=bool))
-            else:
-                tensor = grpc.InferInput(name, [1, 1], "BYTES")
-                data = value if isinstance(value, bytes) else value.encode("utf-8")
-                tensor.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-            inputs.append(tensor)
+    def generate(self, prompt: str, sampling: dict | None = None, stream: bool = True) -> Iterator[Chunk]:
+        """A plain generation on the chat model (`text_input`): no memory; the prompt as given."""
+        yield from self.stream(wire.prompt_fields(prompt, stream, sampling))
+
+    def stream(self, fields: dict) -> Iterator[Chunk]:
+        """The chat model's responses to one request of `fields` (wire.chat_fields, wire.prompt_fields)."""
+        if self.protocol == "grpc":
+            yield from self._grpc_stream(fields)
+        else:
+            yield from self._http_stream(fields)
+
+    def _grpc_stream(self, fields: dict) -> Iterator[Chunk]:
         responses: queue.Queue = queue.Queue()
+        ended = False  # the server ended the request (its final response, or an error)
         # One tritonclient stream at a time per client object; use one Client per thread for concurrency.
         with self._stream_lock:
             self._client.start_stream(callback=lambda result, error: responses.put((result, error)),
-                                      stream_timeout=self.timeout)
+                                      stream_timeout=self.timeout, headers=wire.GRPC_ERROR_HEADERS)
             try:
                 try:
-                    self._client.async_stream_infer(model, inputs, request_id=uuid.uuid4().hex,
-                                                    enable_empty_final_response=True)
+                    self._client.async_stream_infer(wire.CHAT, wire.inputs(self._grpc, fields),
+                                                    request_id=uuid.uuid4().hex, enable_empty_final_response=True)
                 except Exception as error:  # the stream has already failed: gRPC's reason went to the callback
                     with contextlib.suppress(queue.Empty):
                         error = responses.get(timeout=5)[1] or error
-                    raise _service_error(error, self.address) from None
+                    raise self._grpc_failure(error) from None
                 while True:
                     result, error = responses.get(timeout=self.timeout)
                     if error is not None:
-                        raise _service_error(error, self.address)
+                        ended = True
+                        raise self._grpc_failure(error)
                     response = result.get_response()
                     final = response.parameters.get("triton_final_response")
+                    ended = final is not None and final.bool_param
                     if response.outputs:
-                        yield _chunk_from({o.name: _scalar(result.as_numpy(o.name)) for o in response.outputs})
-                    if final is not None and final.bool_param:
+                        yield Chunk.from_values(wire.result_values(result))
+                    if ended:
                         return
             finally:
-                self._client.stop_stream(cancel_requests=True)
+                # A request still running (the caller stopped reading) is cancelled; a finished one's stream
+                # is closed, not cancelled: Triton 2.51 can keep a stream cancelled just after its final
+                # response in flight for good, and its model then holds up a graceful stop.
+                self._client.stop_stream(cancel_requests=not ended)
 
-    def _http_stream(self, model: str, fields: dict) -> Iterator[Chunk]:
-        base = f"{self.protocol}://{self.address}/v2/models/{model}"
-        if not fields.get("stream", True):
-            response = self._session.post(f"{base}/generate", json=fields, timeout=self.timeout)
-            body = response.json()
-            if response.status_code != 200 or "error" in body:
-                raise ServiceError(body.get("error", response.text))
-            yield _chunk_from(body)
-            return
-        with self._session.post(f"{base}/generate_stream", json=fields, stream=True, timeout=self.timeout) as response:
-            if response.status_code != 200:
-                raise ServiceError(response.json().get("error", response.text))
-            for body in sse_events(response.iter_lines()):
-                if "error" in body:
-                    raise ServiceError(body["error"])
-                yield _chunk_from(body)
+    def _grpc_failure(self, error: Exception) -> ServiceError:
+        """The error as a ServiceError; UNAVAILABLE from a server that does not answer at all says so."""
+        failure = wire.grpc_error(error)
+        if failure.code == Code.UNAVAILABLE and not self._answers():
+            return ServiceError(f"the server at {self.address} is unavailable (connection refused or lost): "
+                                f"{failure}", Code.UNAVAILABLE)
+        return failure
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self._client.is_server_live(client_timeout=5))
+        except Exception:  # any failure to answer: not reachable
+            return False
+
+    def _http_stream(self, fields: dict) -> Iterator[Chunk]:
+        base = f"{self.protocol}://{self.address}/v2/models/{wire.CHAT}"
+        try:
+            if not fields.get("stream", True):
+                response = self._session.post(f"{base}/generate", json=fields, timeout=self.timeout)
+                body = response.json()
+                if response.status_code != 200 or "error" in body:
+                    raise wire.http_error(response.status_code, body.get("error", response.text))
+                yield Chunk.from_values(body)
+                return
+            with self._session.post(f"{base}/generate_stream", json=fields, stream=True,
+                                    timeout=self.timeout) as response:
+                if response.status_code != 200:
+                    raise wire.http_error(response.status_code, response.json().get("error", response.text))
+                for body in wire.sse_events(response.iter_lines()):
+                    if "error" in body:
+                        raise ServiceError(body["error"])
+                    yield Chunk.from_values(body)
+        except self._requests.ConnectionError as error:
+            raise ServiceError(f"the server at {self.address} is unavailable (connection refused or lost): "
+                               f"{error}", Code.UNAVAILABLE) from None
 
     # ---- direct memory operations ------------------------------------------------------------------
     def recall(self, conversation_id: str, query: str, tenant: str = "default", policy: str | None = None) -> dict:
@@ -219,21 +198,26 @@ class Client:
 
     def _memory(self, operation: str, conversation_id: str, tenant: str, **extra: str) -> dict:
         module = self._grpc if self.protocol == "grpc" else self._http
-        fields = {"operation": operation, "conversation_id": conversation_id, "tenant": tenant, **extra}
-        inputs = []
-        for name, value in fields.items():
-            tensor = module.InferInput(name, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_))
-            inputs.append(tensor)
+        inputs = wire.inputs(module, wire.memory_fields(operation, conversation_id, tenant, **extra))
         outputs = [module.InferRequestedOutput("result")]
         try:
             if self.protocol == "grpc":
-                result = self._client.infer("memory", inputs, outputs=outputs, client_timeout=self.timeout)
+                result = self._client.infer(wire.MEMORY, inputs, outputs=outputs, client_timeout=self.timeout)
             else:
-                result = self._client.infer("memory", inputs, outputs=outputs)
+                result = self._client.infer(wire.MEMORY, inputs, outputs=outputs)
         except Exception as error:  # tritonclient raises InferenceServerException with the server's text
-            raise _service_error(error, self.address) from None
-        return json.loads(_scalar(result.as_numpy("result")))
+            raise self._unary_failure(error) from None
+        return json.loads(wire.scalar(result.as_numpy("result")))
+
+    def _unary_failure(self, error: Exception) -> ServiceError:
+        if self.protocol == "grpc":
+            return self._grpc_failure(error)
+        # tritonclient.http: status() is the HTTP status as text, or None when nothing answered
+        status = error.status() if hasattr(error, "status") else None
+        if status is None or not str(status).isdigit():
+            return ServiceError(f"the server at {self.address} is unavailable (connection refused or lost): "
+                                f"{error}", Code.UNAVAILABLE)
+        return wire.http_error(int(status), error.message() if hasattr(error, "message") else str(error))
 
     def __enter__(self) -> "Client":
         return self
@@ -246,20 +230,3 @@ class Client:
         self._client.close()
         if self.protocol in ("http", "https"):
             self._session.close()
-
-
-def sse_events(lines: Iterable[bytes]) -> Iterator[dict]:
-    """The JSON events of a server-sent-event stream, given its lines as bytes. Bytes, because decoded text
-    would also be split at U+2028, U+0085, ..., which JSON allows unescaped inside a string."""
-    for line in lines:
-        if line.startswith(b"data:"):
-            yield json.loads(line[5:])
-
-
-def _scalar(array):
-    value = array.reshape(-1)[0]
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

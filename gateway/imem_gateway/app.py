@@ -17,6 +17,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
+from imem_client import wire
+from imem_client.wire import Chunk
 from imem_gateway import translate
 from imem_gateway.body_limit import BodyLimit
 from imem_gateway.errors import ApiError, rate_limited, unauthorized, upstream
@@ -25,7 +27,7 @@ from imem_gateway.ratelimit import RateLimiter
 from imem_gateway.schema import ChatCompletionRequest
 from imem_gateway.settings import Settings
 from imem_gateway.translate import ChatTurn
-from imem_gateway.triton import Reply, Triton
+from imem_gateway.upstream import Upstream
 from imem_gateway.validation import validation_error
 
 log = logging.getLogger("imem.gateway")
@@ -41,7 +43,7 @@ class Gateway:
         self.settings = settings
         self.keys = keys
         self.limiter = RateLimiter()
-        self.triton: Triton | None = None
+        self.upstream: Upstream | None = None
         # Seeding a new conversation is check-then-write; striped locks keep two first requests of the
         # same conversation from both writing its history.
         self.seed_locks = [asyncio.Lock() for _ in range(64)]
@@ -52,34 +54,32 @@ class Gateway:
     async def seed(self, tenant: str, turn: ChatTurn) -> bool:
         """Stores the client's earlier messages if the conversation is new; True if it did."""
         try:  # recall answers 404 for an unknown conversation; unlike export, its answer stays small
-            await self.triton.memory("recall", tenant, turn.conversation_id, message=".")
+            await self.upstream.memory("recall", tenant, turn.conversation_id, message=".")
             return False  # known conversation: memory already holds its history, resent or not
         except ApiError as error:
             if error.status != 404:
                 raise
         payload = "\n".join(json.dumps({"role": h["role"], "text": h["text"]}) for h in turn.history)
-        await self.triton.memory("ingest", tenant, turn.conversation_id, payload=payload)
+        await self.upstream.memory("ingest", tenant, turn.conversation_id, payload=payload)
         return True
 
-    async def converse(self, key: ApiKey, turn: ChatTurn) -> AsyncIterator[Reply]:
+    async def converse(self, key: ApiKey, turn: ChatTurn) -> AsyncIterator[Chunk]:
         """Starts the turn; errors before the first response (bad request, Triton down) raise here, so
         they get a real HTTP status even for a streamed reply."""
-        fields = {"conversation_id": turn.conversation_id, "message": turn.message, "tenant": key.tenant,
-                  "stream": turn.stream, "sampling_parameters": json.dumps(turn.sampling)}
-        if turn.system:
-            fields["system"] = turn.system
+        fields = wire.chat_fields(turn.conversation_id, turn.message, key.tenant, turn.stream, turn.sampling,
+                                  turn.system)
         async with self.seed_lock(key.tenant, turn.conversation_id) if turn.history else nullcontext():
             seeded = bool(turn.history) and await self.seed(key.tenant, turn)
-            replies = self.triton.chat(fields)
+            replies = self.upstream.chat(fields)
             try:
                 first = await anext(replies)
             except (ApiError, StopAsyncIteration) as error:
                 if seeded:  # the turn was refused: take back the history we stored for it
-                    await self.triton.memory("delete", key.tenant, turn.conversation_id)
-                raise error if isinstance(error, ApiError) else upstream(502, "no response from the model")
+                    await self.upstream.memory("delete", key.tenant, turn.conversation_id)
+                raise (error if isinstance(error, ApiError) else upstream(502, "no response from the model")) from None
         return self._rest(key, first, replies)
 
-    async def _rest(self, key: ApiKey, first: Reply, replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
+    async def _rest(self, key: ApiKey, first: Chunk, replies: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
         try:
             reply = first
             yield reply
@@ -96,11 +96,11 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        gateway.triton = Triton(settings.triton_address, settings.timeout)
+        gateway.upstream = Upstream(settings.triton_address, settings.timeout)
         try:
             yield
         finally:
-            await gateway.triton.close()
+            await gateway.upstream.close()
 
     app = FastAPI(title="Infinite Memory Inference: OpenAI-compatible gateway", version="1",
                   lifespan=lifespan)
@@ -139,7 +139,7 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
 
     @app.get("/health", summary="gateway and Triton readiness (no key needed)", responses=ERRORS)
     async def health():
-        if not await gateway.triton.ready():
+        if not await gateway.upstream.ready():
             raise upstream(503, "Triton is not ready")
         return {"status": "ok"}
 
@@ -175,14 +175,14 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
              responses=ERRORS)
     async def export_conversation(conversation_id: str = conversation_path, key: ApiKey = Depends(caller)):
         conversation = translate.conversation_id(conversation_id, None, param="conversation_id")
-        result = await gateway.triton.memory("export", key.tenant, conversation)
+        result = await gateway.upstream.memory("export", key.tenant, conversation)
         return {"object": "conversation", "id": conversation, "turns": result["turns"]}
 
     @app.delete("/v1/conversations/{conversation_id:path}", summary="delete a conversation and all its turns",
                 responses=ERRORS)
     async def delete_conversation(conversation_id: str = conversation_path, key: ApiKey = Depends(caller)):
         conversation = translate.conversation_id(conversation_id, None, param="conversation_id")
-        result = await gateway.triton.memory("delete", key.tenant, conversation)
+        result = await gateway.upstream.memory("delete", key.tenant, conversation)
         return {"object": "conversation.deleted", "id": conversation, "deleted": True,
                 "turns_deleted": result["deleted"]}
 
@@ -197,7 +197,7 @@ def event(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def sse(replies: AsyncIterator[Reply], model: str, turn: ChatTurn) -> AsyncIterator[str]:
+async def sse(replies: AsyncIterator[Chunk], model: str, turn: ChatTurn) -> AsyncIterator[str]:
     """OpenAI's chunk stream: a role chunk, content deltas, a finish chunk (with our `memory` field),
     the usage chunk if asked for, then [DONE]. A failure mid-stream is sent as an error event."""
     cid, created = translate.completion_id(), int(time.time())

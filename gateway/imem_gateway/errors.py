@@ -46,4 +46,5 @@ def upstream(status: int, message: str) -> ApiError:
 
 def overloaded(message: str, retry_after: int = 1) -> ApiError:
     """Triton refused the request for capacity (503 with Retry-After, as OpenAI answers when overloaded)."""
-    return ApiError(503, message, type="server_error", code="server_overloaded", headers={"Retry-After": str(retry_after)})
+    return ApiError(503, message, type="server_error", code="server_overloaded",
+                    headers={"Retry-After": str(retry_after)})

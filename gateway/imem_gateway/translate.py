@@ -48,12 +48,12 @@ def message_text(message: Message, param: str) -> str:
 
 
 def conversation_id(header: str | None, user: str | None, param: str = "X-Conversation-Id") -> str:
-    for value, param in ((header, param), (user, "user")):
+    for value, name in ((header, param), (user, "user")):
         if value is None or not value.strip():
             continue
-        _utf8(value, param)
+        _utf8(value, name)
         if len(value.encode("utf-8")) > MAX_ID_BYTES:
-            raise bad_request(f"'{param}' (the conversation id) is longer than {MAX_ID_BYTES} bytes", param)
+            raise bad_request(f"'{name}' (the conversation id) is longer than {MAX_ID_BYTES} bytes", name)
         return value
     raise bad_request("a conversation id is required: send the X-Conversation-Id header or the 'user' field",
                       "user", code="missing_conversation_id")

@@ -70,10 +70,9 @@ class MemoryConfig:
     max_message_tokens: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_TOKENS", 512))
     max_message_bytes: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_BYTES", 16384))
     max_id_bytes: int = 256
-    # A reply is stored at once but embedded in the background, together with the replies of the next
-    # this-many milliseconds (imem/backfill.py): until then it is offered as a recent turn but not found by
-    # similarity.
-    backfill_linger_ms: int = field(default_factory=lambda: _int("IMEM_BACKFILL_LINGER_MS", 1000))
+    # The crash benchmark's crash point (imem bench crash): while this file exists, memory kills itself right
+    # after its next store write, before it answers. Empty: never.
+    crash_point_file: str = field(default_factory=lambda: _env("IMEM_CRASH_POINT_FILE", ""))
     # How often memory hands its metrics to Triton and counts the store for the gauges (seconds).
     metrics_interval_s: float = field(default_factory=lambda: _float("IMEM_METRICS_INTERVAL_S", 5))
 
@@ -106,7 +105,8 @@ class EngineConfig:
     # Generations in flight (running in vLLM or waiting for a slot) before llm refuses new ones at once
     # ("busy"). Twice max_num_seqs: a full batch running and one waiting, so the engine never idles while
     # a queue that cannot be served soon is never built (README "Guarantees", back-pressure).
-    max_generations: int = field(default_factory=lambda: _int("IMEM_MAX_GENERATIONS", 2 * _int("IMEM_MAX_NUM_SEQS", 64)))
+    max_generations: int = field(
+        default_factory=lambda: _int("IMEM_MAX_GENERATIONS", 2 * _int("IMEM_MAX_NUM_SEQS", 64)))
 
     @property
     def tokenizer_path(self) -> str:

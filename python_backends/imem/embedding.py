@@ -67,7 +67,7 @@ def build_onnx(out: Path) -> Path:
             self.transformer = transformer  # a submodule: its weights go into the graph as weights
 
         def forward(self, *inputs):
-            features = dict(zip(names, inputs))
+            features = dict(zip(names, inputs, strict=True))
             tokens = self.transformer(**features).last_hidden_state
             mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
             mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -98,11 +98,13 @@ def build_onnx(out: Path) -> Path:
 
 
 class OnnxSentences:
-    """An exported sentence model (build_onnx) on ONNX Runtime's CPU provider."""
+    """An exported sentence model (build_onnx) on ONNX Runtime's CPU provider, its tokenizer run by the
+    `tokenizers` library that transformers' fast tokenizers wrap (the same ids, without importing
+    transformers and torch: seconds off every start of the processes that embed)."""
 
     def __init__(self, path: Path, threads: int, tokenizing: threading.Lock | None = None):
         import onnxruntime
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: one per core
@@ -110,20 +112,24 @@ class OnnxSentences:
         self.session = onnxruntime.InferenceSession(str(path / "model.onnx"), options,
                                                     providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         settings = json.loads((path / "embedder.json").read_text())
         self.max_length, self.dim = settings["max_seq_length"], settings["dim"]
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.max_length)
+        pad = json.loads((path / "tokenizer_config.json").read_text()).get("pad_token", "[PAD]")
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)
         self.tokenizing = tokenizing or threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         with self.tokenizing:
-            tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                    return_tensors="np")
-        return self.session.run(None, {n: tokens[n].astype(np.int64) for n in self.inputs})[0]
+            encodings = self.tokenizer.encode_batch(list(texts))
+        columns = {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
+                   "attention_mask": [e.attention_mask for e in encodings]}
+        return self.session.run(None, {n: np.asarray(columns[n], dtype=np.int64) for n in self.inputs})[0]
 
 
 class Embedder:
-    """Safe to call from several threads at once (memory embeds messages while its backfill embeds replies):
+    """Safe to call from several threads at once (memory embeds messages while its recovery embeds old turns):
     tokenizing is done one call at a time, since a fast tokenizer asked to pad and truncate by two threads
     at once can fail ("Already borrowed"); the model itself runs concurrently."""
 
@@ -170,7 +176,8 @@ class Embedder:
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             chunks = [order[start:start + self.BATCH] for start in range(0, len(order), self.BATCH)]
             vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-            for chunk, block in zip(chunks, self._batches().map(lambda c: self.embed([texts[i] for i in c]), chunks)):
+            blocks = self._batches().map(lambda c: self.embed([texts[i] for i in c]), chunks)
+            for chunk, block in zip(chunks, blocks, strict=True):
                 vectors[chunk] = block
             return vectors
         if self.kind == "static":

@@ -1,14 +1,16 @@
 """What a generation request is: its tensors read into a prompt and vLLM SamplingParams.
 
 Accepts the tensors of NVIDIA's vLLM backend (`text_input`, `stream`, `sampling_parameters` as JSON,
-`exclude_input_in_output`) plus our opaque `memory_handle`, which is passed through untouched.
+`exclude_input_in_output`), or instead of `text_input` a chat's (`conversation_id`, `message`, ...), whose
+prompt memory builds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imem.tensors import BadRequest, json_object
+from imem.errors import BadRequest
+from imem.tensors import json_object
 
 # The sampling fields we take, with the type each must convert to. NVIDIA's backend sends numbers as
 # strings ({"temperature": "0.1"}), so strings that parse are accepted too.
@@ -80,24 +82,31 @@ def parse_sampling(raw: str, default_max_tokens: int) -> dict:
     return params
 
 
+# The chat role's inputs: memory reads and checks them (the chat model hands them on untouched).
+CHAT_INPUTS = ("conversation_id", "tenant", "message", "system", "recall_policy")
+
+
 @dataclass
 class GenerationRequest:
-    prompt: str
+    prompt: str  # text_input; for a chat, the prompt memory builds (set after recall)
     stream: bool
     sampling: dict
     exclude_input: bool
-    memory_handle: str | None  # present when the `chat` ensemble calls us
+    chat: bool  # a chat (conversation_id, message, ...) rather than a prompt (text_input)
 
     @classmethod
     def from_triton(cls, request, default_max_tokens: int, max_prompt_bytes: int = 1 << 20):
         from imem.tensors import optional_input, scalar, text
 
-        handle = optional_input(request, "memory_handle")
+        chat = any(optional_input(request, name) is not None for name in CHAT_INPUTS)
+        if chat and optional_input(request, "text_input") is not None:
+            raise BadRequest("send either 'text_input' (a prompt, no memory) or 'conversation_id' and 'message' "
+                             "(a chat), not both")
         return cls(
-            prompt=text(request, "text_input", max_bytes=max_prompt_bytes),
+            prompt="" if chat else text(request, "text_input", max_bytes=max_prompt_bytes),
             stream=scalar(request, "stream", False),
             sampling=parse_sampling(text(request, "sampling_parameters", required=False), default_max_tokens),
-            # The chat ensemble wants only the reply; direct callers get NVIDIA's default (prompt included).
-            exclude_input=scalar(request, "exclude_input_in_output", handle is not None),
-            memory_handle=None if handle is None else text(request, "memory_handle"),
+            # A chat's reply is only the reply; a prompt's follows NVIDIA's default (the prompt included).
+            exclude_input=chat or scalar(request, "exclude_input_in_output", False),
+            chat=chat,
         )

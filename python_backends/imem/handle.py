@@ -14,7 +14,7 @@ import uuid
 
 import numpy as np
 
-from imem.tensors import BadRequest
+from imem.errors import BadRequest
 
 EXCHANGE_LENGTH = 32
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
 from imem.store import DENSE, EdgeTurnStore, StoreUnavailable, TurnStore
 from imem.store.base import ANY_TURN
 from imem.store.edge import dense_of

@@ -17,11 +17,10 @@ import numpy as np
 
 from imem import handle
 from imem import recall as recall_policy
-from imem.backfill import VectorBackfill
 from imem.config import MemoryConfig
+from imem.errors import BadRequest, NotFound
 from imem.prompt import PackedPrompt, PromptPacker, PromptTooLong
 from imem.store import TurnStore
-from imem.tensors import BadRequest
 from imem.turn import ScoredTurn, Turn
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -81,13 +80,10 @@ def now() -> str:
 
 
 class Memory:
-    def __init__(self, config: MemoryConfig, store: TurnStore, tokenizer, embed: Embed,
-                 backfill: VectorBackfill | None = None):
+    def __init__(self, config: MemoryConfig, store: TurnStore, tokenizer, embed: Embed):
         self.config = config
         self.store = store
         self.embed = embed
-        # Sets replies' dense vectors in the background (commit); None embeds them before commit returns.
-        self.backfill = backfill
         self.tokenizer = tokenizer
         self.packer = PromptPacker(tokenizer, config.prompt_budget, config.pleasantries)
 
@@ -113,8 +109,20 @@ class Memory:
     def require_known(self, tenant: str, conversation_id: str) -> int:
         last = self.store.last_turn(tenant, conversation_id)
         if last == 0:
-            raise BadRequest(f"unknown conversation '{conversation_id}' (tenant '{tenant}'): it has no turns")
+            raise NotFound(f"unknown conversation '{conversation_id}' (tenant '{tenant}'): it has no turns")
         return last
+
+    def _unless_deleted(self, tenant: str, conversation_id: str, generation: int, written: list[list[Turn]]) -> None:
+        """A delete wins over the writes of anything sent before it: once the conversation's generation has
+        moved on since `generation` was read, the turns just written (each list one add()) are removed
+        again. Checked after writing, because the delete bumps the generation before it deletes: a write
+        that lands before the delete is deleted by it, one that lands after sees the new generation."""
+        if self.store.generation(tenant, conversation_id) == generation:
+            return
+        for turns in written:
+            self.store.remove_write(turns)
+        raise NotFound(f"conversation '{conversation_id}' (tenant '{tenant}') was deleted while this request was "
+                       "in flight; nothing of it was stored")
 
     # ---- the chat path ----------------------------------------------------------------------------
     def recall(self, tenant: str, conversation_id: str, message: str, query_vector: np.ndarray | None,
@@ -163,6 +171,11 @@ class Memory:
             recall.embed_ms += (time.perf_counter() - started) * 1000
         return recall.message_vector
 
+    def exchange_handle(self, recall: Recall) -> str:
+        """The handle of the chat exchange `recall` began (imem/handle.py)."""
+        return encode_handle(recall, self.message_vector(recall), self.store.generation(recall.tenant,
+                                                                                       recall.conversation_id))
+
     def recall_only(self, tenant: str, conversation_id: str, query: str, policy: str = "default") -> dict:
         self.check_ids(tenant, conversation_id)
         if policy not in recall_policy.POLICIES:
@@ -183,32 +196,35 @@ class Memory:
 
     def store_message(self, handle: dict) -> Turn:
         """Stores the user turn of a chat exchange. Called when the model's first response is ready and
-        before it is sent, so a message is in memory as soon as the client sees its answer begin."""
-        at = now()
-        user = Turn(handle["tenant"], handle["conversation_id"], 0, "user", handle["message"], at,
+        before it is sent, so a message is in memory as soon as the client sees its answer begin. NotFound
+        when the conversation was deleted since recall (nothing stored)."""
+        user = Turn(handle["tenant"], handle["conversation_id"], 0, "user", handle["message"], now(),
                     exchange=handle["exchange"])
-        return self.store.add([user], [handle["vector"]])[0]
+        stored = self.store.add([user], [handle["vector"]])
+        self._unless_deleted(handle["tenant"], handle["conversation_id"], handle["generation"], [stored])
+        return stored[0]
 
-    def store_reply(self, handle: dict, text: str, finish_reason: str, completion_tokens: int) -> tuple[Turn, Turn]:
+    def store_reply(self, handle: dict, text: str, finish_reason: str,
+                    completion_tokens: int) -> tuple[Turn, Turn, int]:
         """Stores the finished reply (and its user turn, if the model answered in one response). Durable
         when it returns: only then is the reply acknowledged. An interrupted reply is never stored, so a
         stored reply is always a whole one; its user turn then stays without a reply.
 
-        The reply is stored without its dense vector when there is a backfill: it is embedded in the
-        background, off the client's path (a reply a crash left without one is embedded on the next start);
-        it is exported and offered as a recent turn at once, and found by similarity moments later."""
+        The reply's dense vector is its message's (imem/recovery.py says why): embedding a reply of 128
+        tokens would cost more CPU than the rest of the exchange. Returns the user turn, the reply and how
+        many turns it wrote (2 when it stored the message too)."""
         tenant, conversation_id = handle["tenant"], handle["conversation_id"]
         stored = self.store.exchange(tenant, conversation_id, handle["exchange"])
-        user = next((t for t in stored if t.role == "user"), None) or self.store_message(handle)
+        user = next((t for t in stored if t.role == "user"), None)
+        written_message = user is None
+        if user is None:
+            user = self.store_message(handle)
         reply = Turn(tenant, conversation_id, 0, "assistant", text, now(),
                      {"finish_reason": finish_reason, "completion_tokens": completion_tokens},
                      exchange=handle["exchange"], reply_to=user.turn)
-        if self.backfill is None:
-            reply = self.store.add([reply], self.embed([text or " "]))[0]
-        else:
-            reply = self.store.add([reply], [None])[0]
-            self.backfill.submit([reply])
-        return user, reply
+        written = self.store.add([reply], [handle["vector"]])
+        self._unless_deleted(tenant, conversation_id, handle["generation"], [written])
+        return user, written[0], 2 if written_message else 1
 
     # ---- direct operations ------------------------------------------------------------------------
     def ingest(self, tenant: str, conversation_id: str, lines: str) -> dict:
@@ -217,10 +233,13 @@ class Memory:
         records = parse_history(lines, self.config.max_message_bytes)
         turns = [Turn(tenant, conversation_id, 0, role, text, timestamp, metadata)
                  for role, text, timestamp, metadata in records]
-        stored: list[Turn] = []
+        generation = self.store.generation(tenant, conversation_id)
+        writes: list[list[Turn]] = []
         for start in range(0, len(turns), INGEST_CHUNK):
             chunk = turns[start:start + INGEST_CHUNK]
-            stored += self.store.add(chunk, self.embed([t.text for t in chunk]))
+            writes.append(self.store.add(chunk, self.embed([t.text for t in chunk])))
+        self._unless_deleted(tenant, conversation_id, generation, writes)
+        stored = [turn for write in writes for turn in write]
         return {"conversation_id": conversation_id, "tenant": tenant, "ingested": len(stored),
                 "first_turn": stored[0].turn, "last_turn": stored[-1].turn}
 
@@ -229,7 +248,9 @@ class Memory:
         self.require_known(tenant, conversation_id)
         turns = self.store.export(tenant, conversation_id)
         answered = {t.exchange for t in turns if t.reply_to}
-        return {"conversation_id": conversation_id, "tenant": tenant, "turns": [export_json(t, answered) for t in turns]}
+        return {"conversation_id": conversation_id, "tenant": tenant,
+                "turns": [export_json(t, answered) for t in turns],
+                "vectors_missing": self.store.vectors_missing(tenant, conversation_id)}
 
     def delete(self, tenant: str, conversation_id: str) -> dict:
         self.check_ids(tenant, conversation_id)
@@ -269,12 +290,12 @@ def parse_history(lines: str, max_text_bytes: int) -> list[tuple[str, str, str, 
     return records
 
 
-def encode_handle(recall: Recall, query_vector: np.ndarray) -> str:
-    """The handle of one chat exchange (imem/handle.py): what its commit step needs to store its turns."""
+def encode_handle(recall: Recall, query_vector: np.ndarray, generation: int) -> str:
+    """The handle of one chat exchange (imem/handle.py): what its commits need to store its turns, and the
+    conversation's generation when it was recalled (a delete since then wins over them)."""
     return handle.encode(handle.new_exchange(), {
         "tenant": recall.tenant,
         "conversation_id": recall.conversation_id,
         "message": recall.query,
-        "prompt_tokens": recall.prompt.tokens,
-        "recalled": recall.summary()["recalled"],
+        "generation": generation,
     }, query_vector)

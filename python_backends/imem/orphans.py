@@ -80,6 +80,7 @@ def die_with_server(grace_seconds: float = 3.0) -> subprocess.Popen | None:
     # The environment's own interpreter (in a Triton stub, sys.executable is not a Python).
     python = next((p for p in (os.path.join(sys.prefix, "bin", "python3"), shutil.which("python3")) if p and
                    os.path.exists(p)), sys.executable)
-    return subprocess.Popen([python, "-I", "-S", "-c", WATCHER, str(os.getpid()), str(os.getppid()), str(grace_seconds)],
+    watcher = [python, "-I", "-S", "-c", WATCHER, str(os.getpid()), str(os.getppid()), str(grace_seconds)]
+    return subprocess.Popen(watcher,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             close_fds=True)

@@ -171,7 +171,7 @@ class PromptPacker:
         known = self._known
         missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
-            for text, ids in zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"]):
+            for text, ids in zip(missing, self.tokenizer(missing, add_special_tokens=False)["input_ids"], strict=True):
                 known[text] = len(ids)
         counts = [known[t] for t in texts]
         while len(known) > KNOWN_COUNTS:
@@ -225,11 +225,12 @@ class PromptPacker:
         # Estimated cost, summed line by line: headers once, a line per turn, a date line per new date.
         # Tokens merge a little across line breaks; the rendered prompt below is the truth.
         used = self._header_tokens + 6
-        lines = self._counts([turn_line(item if kind == "recent" else item.turn, self.bullet) for kind, item in candidates])
+        lines = self._counts([turn_line(item if kind == "recent" else item.turn, self.bullet)
+                              for kind, item in candidates])
         dates: dict[tuple[str, str], int] = {}
         chosen_recent: list[Turn] = []
         chosen_recalled: list[ScoredTurn] = []
-        for (kind, item), line_cost in zip(candidates, lines):
+        for (kind, item), line_cost in zip(candidates, lines, strict=True):
             if limit - used < MIN_TRUNCATED_TOKENS // 2:
                 break
             turn = item if kind == "recent" else item.turn

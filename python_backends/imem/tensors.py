@@ -7,9 +7,7 @@ import json
 
 import numpy as np
 
-
-class BadRequest(ValueError):
-    """The request is wrong; the message names the field and the problem."""
+from imem.errors import BadRequest
 
 
 def optional_input(request, name: str):
@@ -76,9 +74,3 @@ def bool_tensor(name: str, value: bool):
     import triton_python_backend_utils as pb_utils
 
     return pb_utils.Tensor(name, np.array([[value]], dtype=bool))
-
-
-def error_response(message: str):
-    import triton_python_backend_utils as pb_utils
-
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))

@@ -1,4 +1,4 @@
-"""One real tritonserver (memory, vLLM, the embedder, the chat ensemble) shared by every integration test.
+"""One real tritonserver (memory, the chat model on vLLM, the embedder) shared by every integration test.
 vLLM needs ~30 s to start on CPU, so the server is started once per session."""
 
 import os
@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from imem_client.client import Client
-from imem_serve.triton import TritonServer, free_ports, group_members
-
+from imem_serve.launcher import TritonServer, free_ports, group_members
 
 # Every test server refreshes memory's gauges (store size, turns waiting for a vector) every 0.5 s.
 SESSION_ENV = {"IMEM_METRICS_INTERVAL_S": "0.5"}
@@ -73,21 +72,22 @@ class RunningService:
         return client
 
     def metric(self, name: str, **labels: str) -> float:
-        """A value on Triton's metrics port, of the series that has `labels` (0 when it has not been set yet)."""
+        """A value on Triton's metrics port, of the series that has `labels`. A name or labels that match no
+        series fail the test: a check of a metric that does not exist would pass for the wrong reason."""
         import re
         import urllib.request
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics", timeout=10).read()
-        for match in re.finditer(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", body.decode(), re.MULTILINE):
+        for match in re.finditer(rf"^{re.escape(name)}(?:{{([^}}]*)}})? (\S+)$", body.decode(), re.MULTILINE):
             if all(f'{key}="{value}"' in (match.group(1) or "") for key, value in labels.items()):
                 return float(match.group(2))
-        return 0.0
+        raise AssertionError(f"no metric {name} {labels or ''} on Triton's metrics port")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def vllm_engine(self) -> int:
-        """The PID of the llm model's vLLM engine process (EngineCore)."""
+        """The PID of the chat model's vLLM engine process (EngineCore)."""
         return next(pid for pid in group_members(self.server.process.pid)
                     if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::EngineCore"))
 
@@ -188,7 +188,7 @@ class RunningGateway:
              "tokens_per_minute": tpm} for name, (tenant, rpm, tpm) in self.KEYS.items()]}))
         self.keys["env"] = "imem-test-env-key"  # the IMEM_API_KEYS form, for tenant "envtenant"
         self.log_path = workdir / "gateway.log"
-        self.command = [sys.executable, "-m", "imem_client.cli", "gateway", "--url", service.grpc_url,
+        self.command = [sys.executable, "-m", "imem_cli", "gateway", "--url", service.grpc_url,
                         "--host", "127.0.0.1", "--port", str(self.port), "--keys-file", str(keys_file)]
         self.env = {**os.environ, "IMEM_API_KEYS": f"{self.keys['env']}=envtenant"}
         self.process = None

@@ -134,7 +134,7 @@ def test_control_characters_and_injection_are_stored_verbatim_and_stay_text(clie
 
 
 def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imem_client.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imem_cli", *args], input=stdin, capture_output=True,
                           timeout=120)
 
 

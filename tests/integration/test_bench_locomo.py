@@ -2,7 +2,7 @@
 
 import json
 
-from imem_client.cli import main
+from imem_cli.main import main
 
 SAMPLE = {
     "sample_id": "tiny-1",

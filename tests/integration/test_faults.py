@@ -1,7 +1,7 @@
 """Faults injected into real servers of their own: a model process killed (the supervisor of `imem serve`
-starts the server again), vLLM's engine killed mid-stream, a restart while replies wait for their
-vectors, a full disk, a data folder that lost its store, and a model process stalled while it loads. Each
-time the client gets an error that names the problem, and nothing acknowledged is lost."""
+starts the server again), vLLM's engine killed mid-stream, a full disk, a data folder that lost its store,
+and a model process stalled while it loads. Each time the client gets an error that names the problem,
+and nothing acknowledged is lost."""
 
 import os
 import queue
@@ -15,15 +15,15 @@ import pytest
 
 from conftest import wait_for
 from imem_client.client import ServiceError
-from imem_serve.triton import process_stat, supervise
+from imem_serve.launcher import process_stat, supervise
 
 
 # Each fault server lives for its own tests only (class or function scope, not module): with the shared
 # server, two at a time is what the suite asks of the machine's memory.
 @pytest.fixture(scope="class")
 def supervised(new_service):
-    """A server of its own (replies wait 60 s to be embedded), kept serving by `imem serve`'s supervisor."""
-    running = new_service({"IMEM_BACKFILL_LINGER_MS": "60000"})
+    """A server of its own, kept serving by `imem serve`'s supervisor."""
+    running = new_service()
     stop, restarts = threading.Event(), []
     thread = threading.Thread(target=supervise, args=(running.server,),
                               kwargs={"log": restarts.append, "stop": stop, "interval": 0.5}, daemon=True)
@@ -36,27 +36,22 @@ def supervised(new_service):
 
 
 class TestUnderTheSupervisor:
-    def test_a_restart_while_replies_wait_for_vectors_loses_nothing(self, supervised):
+    def test_a_dead_model_process_off_the_chat_path_restarts_the_server_and_loses_nothing(self, supervised):
         client = supervised.client()
         replies = [client.chat("waiting", f"Note {i}: the boiler was serviced in March.", sampling={"max_tokens": 4})
                    for i in range(3)]
-        assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 3, 30)
         # The embedder model's process: not on the chat path (memory embeds in its own process), but any
-        # dead model process makes the supervisor restart the whole server.
+        # dead model process makes the supervisor restart the whole server (Triton 2.51 never restarts one).
         for name, pid in supervised.server.stubs().items():
             if name.startswith("embedder_"):
                 os.kill(pid, signal.SIGKILL)
-        # Everything stored can still be read; the supervisor notices the dead processes and restarts the
-        # server, whose memory model embeds what was left waiting.
         assert wait_for(lambda: any("starting tritonserver again" in line for line in supervised.restarts), 30)
         assert wait_for(lambda: any("ready again" in line for line in supervised.restarts), 600)
         client = supervised.client()
         turns = client.export("waiting")["turns"]
         assert [t["text"] for t in turns if t["role"] == "assistant"] == [r.text for r in replies]
-        assert wait_for(lambda: supervised.metric("imem_memory_vectors_missing") == 0, 60)
-        # Found by similarity now, not only as a recent turn.
-        assert client.recall("waiting", "boiler")["recalled"]
-
+        assert client.export("waiting")["vectors_missing"] == 0
+        assert any(t["text"].startswith("Note") for t in client.recall("waiting", "boiler")["recalled"])
 
     def test_a_killed_memory_process_is_replaced_and_keeps_every_turn(self, supervised):
         client = supervised.client()
@@ -168,14 +163,14 @@ def children(pid: int) -> list[int]:
 def test_a_model_process_stalled_while_it_loads_does_not_hang_the_start(new_service):
     """Triton 2.51's Python backend deadlocks when a model process misses its health checks while its model
     initialises (seen on a CPU-starved machine): tritonserver gives up on it, then waits for it to exit,
-    forever. Stopping the llm process for 12 s once its initialize() has begun brings that about every time;
+    forever. Stopping the chat model's process for 12 s once its initialize() has begun brings that about every time;
     the launcher sees tritonserver waiting on a live model process, kills that process and starts the
     server again."""
     stalled = []
 
-    def stall_llm(server):
-        assert wait_for(lambda: "llm_0_0" in server.stubs(), 120, 0.1)
-        stub = server.stubs()["llm_0_0"]
+    def stall_chat(server):
+        assert wait_for(lambda: "chat_0_0" in server.stubs(), 120, 0.1)
+        stub = server.stubs()["chat_0_0"]
         # its initialize() has begun once it has started its watcher (imem/orphans.py), a child process
         assert wait_for(lambda: children(stub), 120, 0.1)
         stalled.append(server.process.pid)
@@ -184,7 +179,7 @@ def test_a_model_process_stalled_while_it_loads_does_not_hang_the_start(new_serv
         time.sleep(12)
         os.kill(stub, signal.SIGCONT)
 
-    running = new_service(while_starting=stall_llm)
+    running = new_service(while_starting=stall_chat)
     try:
         assert stalled and running.server.process.pid != stalled[0], "the stall did not make a second start"
         reply = running.client().chat("after-a-stalled-start", "Hello there.", sampling={"max_tokens": 4})

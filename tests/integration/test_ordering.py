@@ -2,6 +2,7 @@
 with its own text and reply link, and nothing crosses conversations or tenants, whatever the interleaving.
 """
 
+import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imem_client.client import ServiceError
+from imem_client.wire import Code, ServiceError
 
 
 def chat_many(service, targets: list[tuple[str, str]]) -> list:
@@ -52,7 +53,7 @@ def test_32_concurrent_streams_into_one_conversation(service, client):
 def test_32_concurrent_streams_into_many_conversations_and_tenants(service, client):
     run = uuid.uuid4().hex[:8]
     targets = [(tenant, f"many-{run}-{i}") for i in range(16) for tenant in ("acme", "globex")]
-    results = dict(zip(targets, chat_many(service, targets)))
+    results = dict(zip(targets, chat_many(service, targets), strict=True))
     for (tenant, conversation), (message, reply) in results.items():
         turns = client.export(conversation, tenant=tenant)["turns"]
         assert [(t["turn"], t["text"]) for t in turns] == [(1, message), (2, reply.text)]
@@ -66,18 +67,21 @@ operation = st.tuples(st.sampled_from(["chat", "chat", "chat", "ingest", "export
                       st.integers(0, len(SCOPES) - 1), st.integers(1, 3))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("IMEM_PROPERTY_EXAMPLES", "100")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(programs=st.lists(st.lists(operation, min_size=1, max_size=6), min_size=2, max_size=4))
 def test_random_interleavings_of_chat_ingest_delete_and_export_keep_memory_consistent(service, programs):
     """Each list is one client's program; the clients run at once. In every export taken meanwhile and at
     the end, each conversation's numbers are exactly 1..N and hold only its own turns, none twice. A write
     that began after every delete of its conversation had finished is there; one acknowledged before a
-    delete began is gone."""
+    delete began is gone. A delete wins over a write in flight: the write is refused (NOT_FOUND, naming the
+    deletion), only while a delete of its conversation ran, and nothing of it is stored."""
     run = uuid.uuid4().hex[:8]
     conversations = [(tenant, f"{conversation}-{run}") for tenant, conversation in SCOPES]
     lock = threading.Lock()
     clock = iter(range(10**9))
     writes, deletes, problems = [], [], []  # writes: (scope, texts, start, ack); deletes: (scope, start, done)
+    refused = []  # writes a delete won over: (scope, texts, start, end)
 
     def now():
         with lock:
@@ -91,25 +95,29 @@ def test_random_interleavings_of_chat_ingest_delete_and_export_keep_memory_consi
                 tenant, conversation = scope
                 tag = f"[{tenant}/{conversation}]"
                 started = now()
-                if kind == "chat":
-                    message = f"{tag} c{index}.{step}"
-                    client.chat(conversation, message, tenant=tenant, sampling={"max_tokens": size})
-                    writes.append((scope, [message], started, now()))
-                elif kind == "ingest":
-                    lines = [{"role": "user", "text": f"{tag} i{index}.{step}.{k}"} for k in range(size)]
-                    client.ingest(conversation, lines, tenant=tenant)
-                    writes.append((scope, [line["text"] for line in lines], started, now()))
+                if kind in ("chat", "ingest"):
+                    texts = [f"{tag} c{index}.{step}"] if kind == "chat" else \
+                        [f"{tag} i{index}.{step}.{k}" for k in range(size)]
+                    try:
+                        if kind == "chat":
+                            client.chat(conversation, texts[0], tenant=tenant, sampling={"max_tokens": size})
+                        else:
+                            client.ingest(conversation, [{"role": "user", "text": t} for t in texts], tenant=tenant)
+                        writes.append((scope, texts, started, now()))
+                    except ServiceError as error:  # a delete of the conversation won over this write
+                        assert error.code == Code.NOT_FOUND and "was deleted while" in str(error), error
+                        refused.append((scope, texts, started, now()))
                 elif kind == "delete":
                     try:
                         client.delete(conversation, tenant=tenant)
                     except ServiceError as error:  # nothing stored: an unknown conversation is named
-                        assert "unknown conversation" in str(error)
+                        assert error.code == Code.NOT_FOUND and "unknown conversation" in str(error), error
                     deletes.append((scope, started, now()))
                 else:
                     try:
                         assert_consistent(client.export(conversation, tenant=tenant)["turns"], tag)
                     except ServiceError as error:
-                        assert "unknown conversation" in str(error)
+                        assert error.code == Code.NOT_FOUND and "unknown conversation" in str(error), error
                     except AssertionError as error:
                         problems.append(f"export of {tag} during the run: {error}")
         finally:
@@ -124,7 +132,8 @@ def test_random_interleavings_of_chat_ingest_delete_and_export_keep_memory_consi
         tenant, conversation = scope
         try:
             turns = client.export(conversation, tenant=tenant)["turns"]
-        except ServiceError:
+        except ServiceError as error:  # every turn deleted: the conversation is unknown
+            assert error.code == Code.NOT_FOUND and "unknown conversation" in str(error), error
             turns = []
         assert_consistent(turns, f"[{tenant}/{conversation}]")
         stored = [t["text"] for t in turns if t["role"] == "user"]
@@ -135,4 +144,8 @@ def test_random_interleavings_of_chat_ingest_delete_and_export_keep_memory_consi
                 assert set(texts) <= set(stored), f"{texts} began after every delete and is missing"
             if any(begun > acknowledged for _, begun, _ in mine):
                 assert not set(texts) & set(stored), f"{texts} was acknowledged before a delete and survived it"
+        for _, texts, started, ended in (r for r in refused if r[0] == scope):
+            assert any(begun < ended and done > started for _, begun, done in mine), \
+                f"{texts} was refused as deleted while no delete of its conversation ran"
+            assert not set(texts) & set(stored), f"{texts} was refused but stored"
     client.close()

@@ -13,7 +13,14 @@ def test_memory_survives_a_restart(service):
     client.close()
     ipc_dir = Path(service.server.ipc_dir)
     assert any(path.is_socket() for path in ipc_dir.iterdir()), "vLLM's sockets are not in the server's own folder"
+    logged = len(service.log())
     service.restart()
+    # Every earlier test's requests (cancelled streams, chats deleted mid-stream, the property test's mix of
+    # chats, ingests and deletes) have ended and every client closed its connection: the stop finds nothing
+    # in flight and does not wait out Triton's exit timeout.
+    stop = service.log()[logged:]
+    assert "Found 0 model versions that have in-flight inferences" in stop, stop[-3000:]
+    assert "Exit timeout expired" not in stop
     # Ready means every endpoint answers: Triton opens its metrics port after its HTTP one.
     with urllib.request.urlopen(f"http://127.0.0.1:{service.server.metrics_port}/metrics", timeout=5) as metrics:
         assert metrics.status == 200

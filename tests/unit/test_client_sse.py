@@ -6,7 +6,7 @@ import json
 
 import requests
 
-from imem_client.client import sse_events
+from imem_client.wire import sse_events
 
 TEXTS = ["plain", "line\u2028separator", "next\u0085line", "file\u001cseparator", "para\u2029graph", "é ✓ 🐙"]
 

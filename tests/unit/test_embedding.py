@@ -42,14 +42,14 @@ def test_an_unknown_runtime_is_named():
 
 
 def test_several_threads_embedding_at_once_get_the_vectors_each_alone_gets(embedder):
-    """Memory embeds a message while its backfill embeds replies, on one embedder."""
+    """Memory embeds a message while its recovery embeds old turns, on one embedder."""
     from concurrent.futures import ThreadPoolExecutor
 
     batches = [TEXTS[i % len(TEXTS):] + TEXTS[:i % len(TEXTS)] for i in range(40)]
     expected = [embedder.embed(batch) for batch in batches]
     with ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(embedder.embed, batches))
-    for one, other in zip(got, expected):
+    for one, other in zip(got, expected, strict=True):
         np.testing.assert_allclose(one, other, atol=1e-6)
 
 

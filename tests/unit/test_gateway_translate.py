@@ -1,12 +1,14 @@
-"""OpenAI requests to ensemble turns, and validation errors to OpenAI's 400 naming the field."""
+"""OpenAI requests to chat turns, validation errors to OpenAI's 400 naming the field, and Triton's error codes
+to HTTP errors."""
 
 import pytest
 from pydantic import ValidationError
 
+from imem_client.wire import Code, ServiceError
 from imem_gateway.errors import ApiError
 from imem_gateway.schema import IGNORED_FIELDS, ChatCompletionRequest
 from imem_gateway.translate import conversation_id, to_turn
-from imem_gateway.triton import model_error
+from imem_gateway.upstream import api_error
 from imem_gateway.validation import param_name, validation_error
 
 
@@ -116,14 +118,14 @@ def test_ignored_fields_are_accepted_and_change_nothing():
     assert to_turn(request([user("hi")], **values), "c") == to_turn(request([user("hi")]), "c")
 
 
-@pytest.mark.parametrize("message, status, code", [
-    ("in ensemble 'chat', 'message' must not be empty", 400, None),
-    ("unknown conversation 'x' (tenant 'acme'): it has no turns", 404, "conversation_not_found"),
-    ("in ensemble 'chat', generation failed: CUDA out of memory", 502, "upstream_error"),
-    ("memory failed: disk full", 502, "upstream_error"),
-    ("Request for unknown model: 'chat' has no available versions", 503, "upstream_unavailable"),
+@pytest.mark.parametrize("code, status, openai_code, retry_after", [
+    (Code.INVALID, 400, None, None),
+    (Code.NOT_FOUND, 404, "conversation_not_found", None),
+    (Code.UNAVAILABLE, 503, "server_overloaded", "1"),
+    (Code.INTERNAL, 502, "upstream_error", None),
+    (Code.CANCELLED, 502, "upstream_error", None),
 ])
-def test_model_errors_map_to_http_statuses(message, status, code):
-    error = model_error(message)
-    assert (error.status, error.code) == (status, code)
-    assert "in ensemble" not in error.message
+def test_triton_error_codes_map_to_http_statuses(code, status, openai_code, retry_after):
+    error = api_error(ServiceError("the server's words", code))
+    assert (error.status, error.code, error.headers.get("Retry-After")) == (status, openai_code, retry_after)
+    assert "the server's words" in error.message

@@ -1,9 +1,9 @@
-"""The launcher's ports for a server started by tests and benchmarks (imem_serve.triton.free_ports)."""
+"""The launcher's ports for a server started by tests and benchmarks (imem_serve.launcher.free_ports)."""
 
 import socket
 from pathlib import Path
 
-from imem_serve.triton import free_ports
+from imem_serve.launcher import free_ports
 
 
 def test_ports_are_distinct_bindable_and_outside_the_ephemeral_range():

@@ -1,4 +1,4 @@
-"""What a stopped server removes from /dev/shm (imem_serve.triton.remove_unused_shared_memory): what its
+"""What a stopped server removes from /dev/shm (imem_serve.launcher.remove_unused_shared_memory): what its
 killed processes left, never what a live process, of this server or another, can still use."""
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imem_serve.triton import SHM, remove_unused_shared_memory
+from imem_serve.launcher import SHM, remove_unused_shared_memory
 
 # A process that makes a multiprocessing lock as vLLM's engine makes its workers' lock (loky, imported by
 # the model processes' libraries, names every such semaphore sem.loky-<pid>-N) and a shared memory block,

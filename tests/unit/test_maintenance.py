@@ -92,7 +92,7 @@ def test_a_store_in_use_is_refused_and_left_as_it_was(data_dir, embedder):
 
 
 def test_the_cli_names_what_it_did_or_why_it_refused(data_dir, tmp_path, capsys):
-    from imem_client.cli import main
+    from imem_cli.main import main
 
     assert main(["store", "compact", "--data-dir", str(data_dir)]) == 0
     assert capsys.readouterr().out.strip() == "compact: 4 turns"
@@ -105,7 +105,7 @@ def test_prune_deletes_only_conversations_idle_for_longer_than_asked(tmp_path, e
     from types import SimpleNamespace
 
     import imem.store.base
-    from imem_client.cli import main
+    from imem_cli.main import main
 
     day, now = 86400, 1_800_000_000
     store = EdgeTurnStore(tmp_path / "data" / maintenance.SHARD, embedder.dim)

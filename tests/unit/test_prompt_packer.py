@@ -68,8 +68,8 @@ def test_turns_are_labelled_with_speaker_and_their_date_once_per_day(tokenizer):
          scored(4, "Rex is a corgi.", role="assistant", timestamp="1:56 pm on 8 May, 2023"),
          scored(7, "Rex turned two.", timestamp="2:10 pm on 25 May, 2023")],
         [turn(9, "Nice!", role="assistant", timestamp="2025-06-01T12:00:00+00:00")])
-    assert "[8 May 2023]\nuser: My dog is called Rex.\nassistant: Rex is a corgi.\n[25 May 2023]\nuser: Rex turned two." \
-        in packed.text
+    assert ("[8 May 2023]\nuser: My dog is called Rex.\nassistant: Rex is a corgi.\n[25 May 2023]\n"
+            "user: Rex turned two.") in packed.text
     assert packed.text.count("[8 May 2023]") == 1
     assert "[1 June 2025]\nassistant: Nice!" in packed.text
     assert packed.text.index(MEMORY_HEADER) < packed.text.index(RECENT_HEADER)

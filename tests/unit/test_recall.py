@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 
 from imem.config import MemoryConfig
+from imem.errors import BadRequest
 from imem.memory import Memory
 from imem.recall import named_speaker, without_speakers
 from imem.store import EdgeTurnStore
-from imem.tensors import BadRequest
 from imem.turn import Turn
 
 DAY1, DAY2 = "1:56 pm on 8 May, 2023", "10:37 am on 27 June, 2023"

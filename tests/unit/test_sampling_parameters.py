@@ -2,8 +2,8 @@
 
 import pytest
 
+from imem.errors import BadRequest
 from imem.generation import parse_sampling
-from imem.tensors import BadRequest
 
 
 def test_numbers_given_as_strings_are_converted():

@@ -115,7 +115,7 @@ def test_similar_ranks_the_closest_turn_first_within_limit_and_threshold(store, 
     scores = [hit.score for hit in everything]
     assert scores == sorted(scores, reverse=True) and len(everything) == len(TEXTS)
     # The score is the cosine of the unit vectors.
-    expected = {text: float(v @ query) for text, v in zip(TEXTS, embed(TEXTS))}
+    expected = {text: float(v @ query) for text, v in zip(TEXTS, embed(TEXTS), strict=True)}
     assert all(abs(hit.score - expected[hit.turn.text]) < 1e-4 for hit in everything)
 
     assert [h.turn for h in store.similar("t", "c", query, limit=2, threshold=-1.0)] == [h.turn for h in everything[:2]]

@@ -21,6 +21,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 import qdrant_edge as edge
 
+from imem.errors import Unavailable
 from imem.turn import ScoredTurn, Turn
 
 DENSE, SPARSE = "dense", "sparse"
@@ -35,11 +36,11 @@ ORDER_FIELD = "turn"
 _GENERATION_NAMESPACE = uuid.UUID("1b7c3e9a-2f4d-4c61-8e0b-5d9a6f3c2e17")
 
 
-class StoreBusy(RuntimeError):
+class StoreBusy(Unavailable):
     """Too many writers at once on one conversation."""
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Unavailable):
     """The store cannot be opened or written; the message says why and what to do."""
 
 
@@ -181,7 +182,7 @@ class TurnStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def check_writable(self) -> None:
+    def check_writable(self) -> None:  # noqa: B027 - a hook: a store with nothing to check keeps it
         """Raises StoreUnavailable when a write would fail for want of room (checked before a chat starts)."""
 
     # ---- writing turns ---------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class TurnStore(ABC):
             won = [t.turn for t in tried if writers.get(t.turn) == write_id]
             # Ours keep their order: the first len(won) pending turns take the numbers won. Where another
             # writer took a number in the middle, the turns after it move up (rewritten in place).
-            placed = [replace(t, turn=number) for t, number in zip(pending, won)]
+            placed = [replace(t, turn=number) for t, number in zip(pending, won, strict=False)]  # won: a prefix
             moved = [k for k, turn in enumerate(placed) if turn.turn != tried[k].turn]
             if moved:
                 self._upsert(self._points([placed[k] for k in moved], [vectors[k] for k in moved]), "update",
@@ -341,6 +342,10 @@ class TurnStore(ABC):
         records, _ = self._scroll(Where(must=(IS_TURN,), must_not=(HasVector(DENSE),)), limit)
         return _by_turn(r.payload for r in records)
 
+    def vectors_missing(self, tenant: str, conversation_id: str) -> int:
+        """How many of the conversation's turns have no dense vector (0 once every one is searchable)."""
+        return self._count(Where(must=scope(tenant, conversation_id).must, must_not=(HasVector(DENSE),)))
+
     def last_written(self) -> dict[tuple[str, str], int]:
         """(tenant, conversation_id) -> stored_at of its newest turn, for every conversation (a full scan)."""
         newest: dict[tuple[str, str], int] = {}
@@ -368,13 +373,14 @@ class TurnStore(ABC):
 
     @staticmethod
     def _points(turns: Sequence[Turn], dense: Sequence[np.ndarray | None]) -> list[Point]:
-        return [Point(t.point_id, v, bm25().embed_document(t.text), t.payload()) for t, v in zip(turns, dense)]
+        return [Point(t.point_id, v, bm25().embed_document(t.text), t.payload())
+                for t, v in zip(turns, dense, strict=True)]
 
     def _checked(self, turns: Sequence[Turn], dense) -> list[np.ndarray | None] | np.ndarray:
         if any(v is None for v in dense):  # some turns stored without a dense vector (see add)
             if len(dense) != len(turns):
                 raise ValueError(f"expected {len(turns)} dense vectors (or None), got {len(dense)}")
-            return [None if v is None else self._checked([t], [v])[0] for t, v in zip(turns, dense)]
+            return [None if v is None else self._checked([t], [v])[0] for t, v in zip(turns, dense, strict=True)]
         dense = np.asarray(dense, dtype=np.float32)
         if dense.shape != (len(turns), self.dim):
             raise ValueError(f"expected {len(turns)} x {self.dim} dense vectors, got {dense.shape}")

@@ -15,8 +15,20 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as edge
 
-from imem.store.base import (DENSE, KEYWORD_FIELDS, ORDER_FIELD, SPARSE, AtLeast, HasVector, Match, MatchAny,
-                             Record, StoreUnavailable, TurnStore, Where)
+from imem.store.base import (
+    DENSE,
+    KEYWORD_FIELDS,
+    ORDER_FIELD,
+    SPARSE,
+    AtLeast,
+    HasVector,
+    Match,
+    MatchAny,
+    Record,
+    StoreUnavailable,
+    TurnStore,
+    Where,
+)
 
 # Qdrant's default RRF constant; Edge requires it spelled out.
 RRF_K = 2

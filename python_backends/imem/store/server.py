@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from qdrant_client import QdrantClient, models
 
-from imem.store.base import (DENSE, KEYWORD_FIELDS, ORDER_FIELD, SPARSE, AtLeast, HasVector, Match, MatchAny,
-                             Record, TurnStore, Where)
+from imem.store.base import (
+    DENSE,
+    KEYWORD_FIELDS,
+    ORDER_FIELD,
+    SPARSE,
+    AtLeast,
+    HasVector,
+    Match,
+    MatchAny,
+    Record,
+    TurnStore,
+    Where,
+)
 
 MODES = {"insert": models.UpdateMode.INSERT_ONLY, "update": models.UpdateMode.UPDATE_ONLY, "upsert": None}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 PYTHON_BACKENDS = REPO_ROOT / "python_backends"
-OUR_BACKENDS = ("embedder", "memory", "llm")
+OUR_BACKENDS = ("embedder", "memory", "chat")
 
 # Triton's admin surfaces (model control, shared memory, tracing, logging) stay closed by default:
 # only the inference, health and metadata endpoints are reachable. Every restricted endpoint needs
@@ -114,12 +114,16 @@ class TritonServer:
     ipc_dir: str | None = None
 
     def command(self) -> list[str]:
-        build_dir = REPO_ROOT / ".build"
-        backends = build_backend_directory(build_dir)
+        """The tritonserver command line (lays out the backend folder under .build/ first)."""
         binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+        return [str(binary), *self.flags(build_backend_directory(REPO_ROOT / ".build"))]
+
+    def flags(self, backends: Path) -> list[str]:
+        """tritonserver's flags for this server with its backends in `backends`; no side effects (the
+        deploy check compares the images' entrypoint with them)."""
         admin = self.admin_key or os.environ.get("IMEM_ADMIN_KEY", "") or os.urandom(16).hex()
-        cmd = [
-            str(binary),
+        restricted = ",".join(RESTRICTED_APIS)
+        return [
             f"--model-repository={self.model_repository}",
             f"--backend-directory={backends}",
             f"--http-port={self.http_port}",
@@ -129,11 +133,9 @@ class TritonServer:
             f"--grpc-address={self.host}",
             "--log-verbose=0",
             f"--exit-timeout-secs={self.exit_timeout}",
+            f"--http-restricted-api={restricted}:imem-admin={admin}",
+            f"--grpc-restricted-protocol={restricted}:imem-admin={admin}",
         ]
-        restricted = ",".join(RESTRICTED_APIS)
-        cmd.append(f"--http-restricted-api={restricted}:imem-admin={admin}")
-        cmd.append(f"--grpc-restricted-protocol={restricted}:imem-admin={admin}")
-        return cmd
 
     def start(self) -> "TritonServer":
         self.shm_before = set(os.listdir(SHM))
@@ -180,7 +182,7 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f}s" + self._load_errors())
 
     def stubs(self) -> dict[str, int]:
-        """Model instance (memory_0_0, llm_0_0, embedder_0_1, ...) -> pid of its Python stub process."""
+        """Model instance (memory_0_0, chat_0_0, embedder_0_1, ...) -> pid of its Python stub process."""
         found = {}
         for pid in group_members(self.process.pid) if self.process else []:
             with contextlib.suppress(OSError):

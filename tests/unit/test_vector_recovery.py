@@ -1,5 +1,5 @@
-"""Replies stored before their dense vector: the store's write side (add without a vector, set_vector,
-missing_vectors) on both stores, and the background VectorBackfill."""
+"""Turns stored without a dense vector (by an earlier version, which embedded replies later): the store's
+side (add without a vector, set_vector, missing_vectors) on both stores, and VectorRecovery at start."""
 
 import os
 import signal
@@ -7,14 +7,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import imem
-from imem.backfill import VectorBackfill
+from imem.recovery import VectorRecovery
 from imem.store import EdgeTurnStore
 from imem.store.server import ServerTurnStore
 from imem.turn import Turn
@@ -39,7 +38,8 @@ def store(request, tmp_path, local_qdrant):
 
 
 def exchange(conversation="c", reply="The cat is called Biscuit."):
-    return [Turn("t", conversation, 0, "user", "What is my cat called?"), Turn("t", conversation, 0, "assistant", reply)]
+    return [Turn("t", conversation, 0, "user", "What is my cat called?"),
+            Turn("t", conversation, 0, "assistant", reply)]
 
 
 def add_exchange(store, embed, conversation="c", reply="The cat is called Biscuit."):
@@ -78,66 +78,12 @@ def test_add_checks_vector_rows_even_with_missing_ones(store):
         store.add(exchange(), [None])
 
 
-def test_backfill_sets_submitted_vectors_in_the_background(store, embed):
-    backfill = VectorBackfill(store, embed, log=lambda m: None, recover=False)
-    for i in range(5):
-        user, reply = add_exchange(store, embed, reply=f"reply {i}")
-        backfill.submit([reply])
-    assert backfill.drain(10)
-    assert store.missing_vectors(10) == [] and backfill.embedded == 5
-    assert backfill.close()
-
-
-def test_backfill_lingers_to_embed_replies_together_but_not_when_drained(store, embed):
-    batches = []
-
-    def counting(texts):
-        batches.append(len(texts))
-        return embed(texts)
-
-    # The replies are written first and submitted back to back: the linger only has to outlast four calls,
-    # not four store writes on a busy machine.
-    backfill = VectorBackfill(store, counting, log=lambda m: None, recover=False, linger=3)
-    replies = [add_exchange(store, embed, reply=f"reply {i}")[1] for i in range(4)]
-    for reply in replies:
-        backfill.submit([reply])
-    deadline = time.monotonic() + 15
-    while store.missing_vectors(10) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.missing_vectors(10) == [] and batches == [4]
-
-    backfill.linger = 600  # a caller that waits (shutdown, tests) never waits for the linger
-    user, reply = add_exchange(store, embed, reply="the last reply")
-    backfill.submit([reply])
-    assert backfill.drain(5) and store.missing_vectors(10) == [] and batches == [4, 1]
-    assert backfill.close()
-
-
-def test_backfill_recovers_what_a_previous_process_left_without_a_vector(store, embed):
+def test_recovery_embeds_what_a_previous_process_left_without_a_vector(store, embed):
     for i in range(3):
         add_exchange(store, embed, conversation=f"c{i}")
     assert len(store.missing_vectors(10)) == 3
-    backfill = VectorBackfill(store, embed, log=lambda m: None, batch_size=2)
-    assert backfill.drain(10) and store.missing_vectors(10) == []
-    backfill.close()
-
-
-def test_backfill_retries_until_the_embedder_answers(store, embed):
-    calls, messages = [], []
-
-    def flaky(texts):
-        calls.append(len(texts))
-        if len(calls) <= 2:
-            raise RuntimeError("embedder is not ready")
-        return embed(texts)
-
-    user, reply = add_exchange(store, embed)
-    backfill = VectorBackfill(store, flaky, log=messages.append, retry_seconds=0.05, recover=False)
-    backfill.submit([reply])
-    assert backfill.drain(10)
-    assert store.missing_vectors(10) == [] and len(calls) == 3
-    assert any("retrying" in m for m in messages)
-    backfill.close()
+    recovery = VectorRecovery(store, embed, log=lambda m: None, batch_size=2)
+    assert recovery.wait(10) and store.missing_vectors(10) == [] and recovery.recovered == 3
 
 
 def test_recovery_retries_until_the_embedder_answers(store, embed):
@@ -152,9 +98,10 @@ def test_recovery_retries_until_the_embedder_answers(store, embed):
             raise RuntimeError("BLS is only supported during the 'execute' function.")
         return embed(texts)
 
-    backfill = VectorBackfill(store, late, log=lambda m: None, retry_seconds=0.05)
-    assert backfill.drain(10) and store.missing_vectors(10) == [] and len(calls) == 3
-    backfill.close()
+    messages = []
+    recovery = VectorRecovery(store, late, log=messages.append, retry_seconds=0.05)
+    assert recovery.wait(10) and store.missing_vectors(10) == [] and len(calls) == 3
+    assert any("retrying" in m for m in messages)
 
 
 def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store, embed):
@@ -165,10 +112,10 @@ def test_close_gives_up_in_time_and_leaves_the_rest_for_the_next_start(store, em
         raise RuntimeError("embedder gone")
 
     user, reply = add_exchange(store, embed)
-    backfill = VectorBackfill(store, stuck, log=lambda m: None, recover=False, retry_seconds=0.05)
-    backfill.submit([reply])
-    assert backfill.close(timeout=0.2) is False
+    recovery = VectorRecovery(store, stuck, log=lambda m: None, retry_seconds=0.05)
+    assert recovery.close(timeout=0.2) is False
     blocked.set()
+    assert recovery.wait(10)
     assert store.missing_vectors(10) == [reply]
 
 
@@ -190,7 +137,5 @@ def test_a_reply_stored_without_its_vector_survives_sigkill_and_is_recovered(tmp
     store = EdgeTurnStore(tmp_path / "edge", DIM)
     assert [t.text for t in store.export("t", "c")] == ["hi", "hello there"]
     assert [t.turn for t in store.missing_vectors(10)] == [2]
-    backfill = VectorBackfill(store, embed, log=lambda m: None)
-    assert backfill.drain(10) and store.missing_vectors(10) == []
-    backfill.close()
+    assert VectorRecovery(store, embed, log=lambda m: None).wait(10) and store.missing_vectors(10) == []
     store.close()

@@ -1,4 +1,6 @@
-"""The `imem` command line: chat, memory operations, and `serve` (the Triton launch `make serve` uses)."""
+"""The `imem` command line, on top of every package: chat and memory operations (the client), `serve` (the
+launcher), `gateway`, `store` (offline maintenance) and `bench` (the benchmarks), each imported where its
+command runs."""
 
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def _raise_stop(signum, frame):
 
 
 def cmd_serve(args) -> int:
-    from imem_serve.triton import TritonServer, supervise
+    from imem_serve.launcher import TritonServer, supervise
 
     server = TritonServer(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
                           host=args.host)
@@ -137,7 +139,7 @@ def cmd_gateway(args) -> int:
 
 def _start_gateway(args):
     """`imem serve --gateway`: the gateway as a child process, pointed at this Triton's gRPC port."""
-    return subprocess.Popen([sys.executable, "-m", "imem_client.cli", "gateway", "--port", str(args.gateway_port),
+    return subprocess.Popen([sys.executable, "-m", "imem_cli", "gateway", "--port", str(args.gateway_port),
                              "--url", f"grpc://127.0.0.1:{args.grpc_port}"])
 
 
