@@ -5,7 +5,8 @@ import importlib
 import os
 
 BENCHMARKS = {
-    "locomo": "retrieval quality on LoCoMo through the running server's memory model",
+    "locomo": "retrieval quality on LoCoMo through the running server's memory model (or --in-process)",
+    "locomo-fit": "fits the default recall policy's weights on LoCoMo and checks them on held-out conversations",
     "overhead": "chat (with memory) versus the bare llm model, same prompts and load",
     "scale": "recall latency and ingest rate as the store grows",
     "prompt-cost": "prompt tokens versus conversation length, next to the full history",

@@ -9,21 +9,33 @@ are checked against the question's evidence turns.
 Reported per policy: evidence recall (share of a question's evidence turns in the context, averaged over
 questions), hit rate (at least one evidence turn present), context tokens (what memory adds to the prompt,
 counted by the server with the model's tokenizer), and recall latency (server-side selection and packing,
-without the query embedding; and the client's round trip, embedding included). The reference policies run
-in the same pass at the same token budget: `recency` (the latest turns only) and `dense` (the last turns,
-then plain dense top-k); `full` gives the tokens of the whole history.
+without the query embedding; the same with the query embedding, what a recall costs memory; and the
+client's round trip). The reference policies run in the same pass at the same token budget: `recency`
+(the latest turns only) and `dense` (the last turns, then plain dense top-k); `full` gives the tokens of
+the whole history. Per-conversation figures of the default policy show how stable a figure is.
+
+`--in-process` runs the server's own memory code (imem.memory.Memory over a Qdrant Edge store in a temporary
+folder, the model's tokenizer, the default embedder) in this process instead of calling a server: the
+same figures without Triton, for measuring changes to recall quickly. `--set NAME=VALUE` (in-process only)
+overrides a MemoryConfig setting, e.g. --set top_k=16.
 
     imem bench locomo --data locomo10.json [--conversations 0-4] [--questions N] [--json OUT]
+    imem bench locomo --in-process --data locomo10.json [--set top_k=16 ...] [--policies default]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -122,13 +134,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Tally:
-    """Evidence recall, hit rate, tokens and latency of one policy, overall and per category."""
+    """Evidence recall, hit rate, tokens and latency of one policy, overall, per category and per
+    conversation."""
 
     def __init__(self):
-        self.rows: list[tuple[int, float, bool, int, float, float]] = []
+        self.rows: list[tuple[int, float, bool, int, float, float, float, str]] = []
 
-    def add(self, category: int, recall: float, hit: bool, tokens: int, server_ms: float, round_trip_ms: float):
-        self.rows.append((category, recall, hit, tokens, server_ms, round_trip_ms))
+    def add(self, category: int, recall: float, hit: bool, tokens: int, server_ms: float, round_trip_ms: float,
+            embedded_ms: float = 0.0, conversation: str = ""):
+        self.rows.append((category, recall, hit, tokens, server_ms, round_trip_ms, embedded_ms, conversation))
 
     @staticmethod
     def _figures(rows) -> dict:
@@ -142,6 +156,8 @@ class Tally:
             "context_tokens_max": int(max(r[3] for r in rows)),
             "recall_ms_p50": percentile([r[4] for r in rows], 50),
             "recall_ms_p95": percentile([r[4] for r in rows], 95),
+            "recall_with_embedding_ms_p50": percentile([r[6] for r in rows], 50),
+            "recall_with_embedding_ms_p95": percentile([r[6] for r in rows], 95),
             "round_trip_ms_p50": percentile([r[5] for r in rows], 50),
             "round_trip_ms_p95": percentile([r[5] for r in rows], 95),
         }
@@ -152,6 +168,69 @@ class Tally:
     def per_category(self) -> dict:
         return {f"{c}-{name}": self._figures([r for r in self.rows if r[0] == c]) for c, name in CATEGORIES.items()
                 if any(r[0] == c for r in self.rows)}
+
+    def per_conversation(self) -> dict:
+        """Each conversation's evidence recall, overall and per category."""
+        names = list(dict.fromkeys(r[7] for r in self.rows))
+        return {name: {"evidence_recall": self._figures([r for r in self.rows if r[7] == name])["evidence_recall"],
+                       **{f"{c}-{label}": round(float(np.mean(rs)), 4) for c, label in CATEGORIES.items()
+                          if (rs := [r[1] for r in self.rows if r[7] == name and r[0] == c])}}
+                for name in names}
+
+
+class InProcess:
+    """The server's memory code in this process, spoken to like the Client: Memory over a Qdrant Edge store
+    in a temporary folder, the model's tokenizer (IMEM_MODEL / IMEM_TOKENIZER), the memory model's embedder.
+    Recall timings come from Memory itself, as through the server."""
+
+    def __init__(self, overrides: dict[str, str] | None = None):
+        from transformers import AutoTokenizer
+
+        from imem.config import load
+        from imem.embedding import model_process_embedder
+        from imem.memory import Memory
+        from imem.store import EdgeTurnStore
+
+        config = load()
+        self.config = dataclasses.replace(config.memory, **typed(config.memory, overrides or {}))
+        self.folder = tempfile.mkdtemp(prefix="imem-locomo-")
+        self.store = EdgeTurnStore(Path(self.folder) / "edge-shard", dim=config.embedder.dim)
+        self.embedder = model_process_embedder(config.embedder)
+        tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
+        self.memory = Memory(self.config, self.store, tokenizer, self.embedder.embed)
+
+    def delete(self, conversation_id: str, tenant: str) -> dict:
+        from imem.tensors import BadRequest
+
+        try:
+            return self.memory.delete(tenant, conversation_id)
+        except BadRequest as error:
+            raise ServiceError(str(error)) from None
+
+    def ingest(self, conversation_id: str, history: list[dict], tenant: str) -> dict:
+        return self.memory.ingest(tenant, conversation_id, "\n".join(json.dumps(h) for h in history))
+
+    def recall(self, conversation_id: str, query: str, tenant: str, policy: str | None = None) -> dict:
+        return self.memory.recall_only(tenant, conversation_id, query, policy or "default")
+
+    def __enter__(self) -> "InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def typed(config, overrides: dict[str, str]) -> dict:
+    """NAME=VALUE strings as MemoryConfig values of each field's type; an unknown name is an error."""
+    fields = {f.name: type(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    values = {}
+    for name, value in overrides.items():
+        if name not in fields:
+            raise SystemExit(f"--set {name}: not a MemoryConfig setting ({', '.join(fields)})")
+        kind = fields[name]
+        values[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return values
 
 
 def ingest(client: Client, conversation: Conversation, tenant: str) -> dict[str, int]:
@@ -168,34 +247,56 @@ def ingest(client: Client, conversation: Conversation, tenant: str) -> dict[str,
     return {t["metadata"]["dia_id"]: first + i for i, t in enumerate(conversation.turns)}
 
 
-def measure(client: Client, tenant: str, conversation_id: str, question: Question, policy: str,
+def measure(client, tenant: str, conversation_id: str, question: Question, policy: str,
             turn_of: dict[str, int], tally: Tally) -> dict:
     started = time.perf_counter()
     result = client.recall(conversation_id, question.text, tenant, policy=policy)
     round_trip = (time.perf_counter() - started) * 1000
     context = {t["turn"] for t in result["recalled"] + result["recent"]}
     found = sum(1 for e in question.evidence if turn_of[e] in context)
+    timing = result["timing_ms"]
     tally.add(question.category, found / len(question.evidence), found > 0, int(result["context_tokens"]),
-              float(result["timing_ms"]["recall"]), round_trip)
+              float(timing["recall"]), round_trip, float(timing["recall"]) + float(timing.get("embed", 0.0)),
+              conversation_id)
     return result
 
 
 def run(args) -> dict:
+    if args.in_process:
+        with InProcess(dict(item.split("=", 1) for item in args.set)) as memory:
+            return _run(args, memory)
+    if args.set:
+        raise SystemExit("--set changes the in-process memory's settings: use it with --in-process")
     with Client(args.url) as client:
         return _run(args, client)
 
 
-def _run(args, client: Client) -> dict:
+def commit() -> str:
+    """The commit the code ran on (with '+dirty' when the work tree has changes), for the report."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _run(args, client) -> dict:
     conversations = load(args.data)
     chosen = select(args.conversations, len(conversations))
-    policies = ("default", *REFERENCE_POLICIES)
+    policies = tuple(dict.fromkeys(["default", *(args.policies or REFERENCE_POLICIES)]))
+    references = [p for p in policies if p != "default"]
     tallies = {p: Tally() for p in policies}
-    full_tokens, config, skipped, bad_evidence, turns = [], {}, 0, 0, 0
+    full_tokens, config, skipped, bad_evidence, turns, ingest_ms = [], {}, 0, 0, 0, 0.0
     for index in chosen:
         conversation = conversations[index]
         started = time.perf_counter()
         turn_of = ingest(client, conversation, args.tenant)
         ingest_s = time.perf_counter() - started
+        ingest_ms += ingest_s * 1000
         questions = conversation.questions[: args.questions] if args.questions else conversation.questions
         turns += len(conversation.turns)
         bad_evidence += conversation.bad_evidence
@@ -215,15 +316,19 @@ def _run(args, client: Client) -> dict:
               f"{len(questions)} questions; running evidence recall {default.get('evidence_recall', 0):.3f}",
               file=sys.stderr, flush=True)
     report = {
+        "commit": commit(),
+        "mode": "in-process" if args.in_process else "server",
         "data": args.data,
         "conversations": [conversations[i].sample_id for i in chosen],
         "turns": turns,
+        "ingest_ms_per_turn": round(ingest_ms / turns, 3) if turns else 0.0,
         "questions_skipped_no_evidence": skipped,
         "evidence_ids_malformed_or_unknown": bad_evidence,
         "overall": tallies["default"].overall(),
         "per_category": tallies["default"].per_category(),
+        "per_conversation": tallies["default"].per_conversation(),
         "baselines": {
-            **{p: {**tallies[p].overall(), "per_category": tallies[p].per_category()} for p in REFERENCE_POLICIES},
+            **{p: {**tallies[p].overall(), "per_category": tallies[p].per_category()} for p in references},
             "full_history": {"context_tokens_mean": round(float(np.mean(full_tokens)), 1) if full_tokens else 0.0,
                              "evidence_recall": 1.0, "hit_rate": 1.0},
         },
@@ -234,19 +339,25 @@ def _run(args, client: Client) -> dict:
 
 def print_table(report: dict) -> None:
     rows = [("default", report["overall"])] + [(f"  {k}", v) for k, v in report["per_category"].items()]
-    rows += [(f"{name} (baseline)", report["baselines"][name]) for name in REFERENCE_POLICIES]
+    rows += [(f"{name} (baseline)", figures) for name, figures in report["baselines"].items()
+             if name != "full_history"]
     print(f"{'policy / category':<26}{'questions':>10}{'ev.recall':>10}{'hit rate':>10}{'ctx tok':>9}"
-          f"{'p50 ms':>8}{'p95 ms':>8}{'rt p50':>8}{'rt p95':>8}")
+          f"{'p50 ms':>8}{'p95 ms':>8}{'+emb p50':>9}{'+emb p95':>9}{'rt p50':>8}{'rt p95':>8}")
     for name, f in rows:
         if not f.get("questions"):
             continue
         print(f"{name:<26}{f['questions']:>10}{f['evidence_recall']:>10.3f}{f['hit_rate']:>10.3f}"
               f"{f['context_tokens_mean']:>9.1f}{f['recall_ms_p50']:>8.2f}{f['recall_ms_p95']:>8.2f}"
+              f"{f['recall_with_embedding_ms_p50']:>9.2f}{f['recall_with_embedding_ms_p95']:>9.2f}"
               f"{f['round_trip_ms_p50']:>8.1f}{f['round_trip_ms_p95']:>8.1f}")
     print(f"{'full history':<26}{'':>10}{1.0:>10.3f}{1.0:>10.3f}"
           f"{report['baselines']['full_history']['context_tokens_mean']:>9.1f}")
+    for name, figures in report["per_conversation"].items():
+        print(f"  {name:<24}" + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     print(f"config: {json.dumps(report['config'])}")
-    print("ms: server-side recall (selection + packing, query embedding excluded); rt: client round trip")
+    print(f"ingest: {report['ingest_ms_per_turn']:.2f} ms per turn ({report['mode']})")
+    print("ms: recall (selection + packing, query embedding excluded); +emb: with the query embedding; "
+          "rt: the caller's round trip")
 
 
 def main(argv: list[str]) -> int:
@@ -257,6 +368,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--questions", type=int, default=0, help="at most N questions per conversation (0: all)")
     parser.add_argument("--tenant", default="locomo")
     parser.add_argument("--json", dest="json_out", default=None, help="write the report here")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the server's memory code in this process (temporary store) instead of a server")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="in-process only: override a MemoryConfig setting (repeatable)")
+    parser.add_argument("--policies", nargs="*", default=None,
+                        help=f"reference policies beside default (default: {' '.join(REFERENCE_POLICIES)})")
     args = parser.parse_args(argv)
     report = run(args)
     print_table(report)

@@ -12,7 +12,10 @@ strict user/assistant alternation) get everything in one user message, the messa
 
 Remembered turns are written compactly, `speaker: text`, oldest first, under a header line for each date
 ("[1:56 pm on 8 May, 2023]", or the day of an ISO timestamp): a date costs ~18 tokens, so it is written
-once per group of turns from the same session or day rather than on every line.
+once per group of turns from the same session or day rather than on every line. A recalled turn is written
+without its pleasantries (short sentences of greetings, thanks and praise only: "Wow, that's awesome!",
+"Thanks, Mel!"): they answer nothing and are ~6% of LoCoMo's tokens (docs/recall-research.md). The latest
+turns are written as they are: they carry the thread.
 """
 
 from __future__ import annotations
@@ -34,6 +37,32 @@ MIN_TRUNCATED_TOKENS = 16
 # Token counts of turn lines kept per packer: the same turns are offered chat after chat (the recent ones
 # every time), and counting them was a third of packing.
 KNOWN_COUNTS = 8192
+
+
+# Words of sentences that state no fact: greetings, thanks, interjections, praise, and the glue between them.
+PLEASANTRY_WORDS = frozenset("""
+hey hi hello hiya yo wow whoa oh ah aw aww ooh yay yeah yep yes yup ok okay sure totally definitely absolutely
+thanks thank so much really very too that that's thats it's its this is was sounds sound looks look seems great
+awesome amazing cool nice good wonderful fantastic incredible lovely beautiful sweet fun perfect sorry congrats
+congratulations glad happy hear to i i'm im me my we us our a an the and but for of what how long time no see bye
+goodbye later ya take care catch you soon night course indeed true right agree couldn't more man bud dude haha lol
+omg hmm well just such what's whats how's hows up going doing again""".split())
+# A pleasantry is a sentence of at most this many words.
+PLEASANTRY_WORDS_MAX = 6
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+
+
+def is_pleasantry(sentence: str, names: set[str]) -> bool:
+    """Whether a sentence is only pleasantry words and speakers' names (or their first three letters: "Mel")."""
+    words = re.findall(r"[\w']+", sentence.lower().replace("’", "'"))
+    return 0 < len(words) <= PLEASANTRY_WORDS_MAX and all(
+        w in PLEASANTRY_WORDS or w in names or (len(w) >= 3 and any(n.startswith(w) for n in names)) for w in words)
+
+
+def without_pleasantries(text: str, names: set[str]) -> str:
+    """The text without its pleasantry sentences; the text itself when nothing else would be left."""
+    kept = [s for s in _SENTENCE_END.split(text) if not is_pleasantry(s, names)]
+    return " ".join(kept) if kept else text
 
 
 @dataclass
@@ -110,9 +139,11 @@ def render_turns(turns: list[Turn], bullet: str = "") -> str:
 
 
 class PromptPacker:
-    def __init__(self, tokenizer, budget: int):
+    def __init__(self, tokenizer, budget: int, pleasantries: bool = False):
+        """`pleasantries`: write recalled turns with their pleasantries (by default they are left out)."""
         self.tokenizer = tokenizer
         self.budget = budget
+        self.pleasantries = pleasantries
         # The tokenizer turns a special token's text ("</s>", "<|im_start|>") into that token wherever it
         # appears, so a message holding one could end the prompt or open a turn of its own. Inside what
         # users wrote it is broken with a zero-width space: the model reads the same characters as text.
@@ -184,6 +215,10 @@ class PromptPacker:
         limit = self.budget - bare_tokens
         if context_budget is not None:
             limit = min(limit, context_budget)
+        if not self.pleasantries:
+            names = {t.role.lower() for t in recent} | {s.turn.role.lower() for s in recalled}
+            recalled = [ScoredTurn(replace(s.turn, text=without_pleasantries(s.turn.text, names)), s.score)
+                        for s in recalled]
         candidates = [("recent", t) for t in reversed(recent)] + [("recalled", s) for s in recalled]
         if not candidates:
             return PackedPrompt(bare, bare_tokens)

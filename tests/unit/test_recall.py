@@ -8,7 +8,7 @@ import pytest
 from imem.config import MemoryConfig
 from imem.errors import BadRequest
 from imem.memory import Memory
-from imem.recall import without_speakers
+from imem.recall import named_speaker, without_speakers
 from imem.store import EdgeTurnStore
 from imem.turn import Turn
 
@@ -62,6 +62,28 @@ def test_the_speakers_names_are_left_out_of_the_search():
         "Which user settings did the assistant change?"
     assert without_speakers("Melanie?", speakers) == "Melanie?"  # nothing left: searched as it is
     assert without_speakers("Did Melanies cousin call?", {"Melanie"}) == "Did Melanies cousin call?"
+
+
+def test_the_one_speaker_a_query_names_is_found_by_whole_word():
+    speakers = {"Melanie", "Caroline", "user"}
+    assert named_speaker("What did Melanie paint?", speakers) == "Melanie"
+    assert named_speaker("Where is melanie's new flat?", speakers) == "Melanie"
+    assert named_speaker("Did Caroline and Melanie meet?", speakers) == ""  # two: neither is preferred
+    assert named_speaker("Did Melanies cousin call?", speakers) == ""
+    assert named_speaker("What did the user ask?", speakers) == ""  # a generic role is not a name
+
+
+def test_a_question_naming_a_speaker_finds_that_speakers_own_words(store, tokenizer, embedder):
+    # Caroline talks about painting at length; Melanie said what she painted in few words.
+    history = [("Caroline", "I love painting, I paint portraits and painting relaxes me.", DAY1),
+               ("Melanie", "Nice! I finished a watercolour of the lake.", DAY1)]
+    turns = fill(store, embedder, history + [(role, text, DAY2) for role, text in SMALL_TALK * 2])
+    portraits, lake = turns[0].turn, turns[1].turn
+    query = "What did Melanie paint?"
+    named = memory(store, tokenizer, embedder, top_k=1, neighbours=0).recall_only("t", "c", query)
+    assert [t["turn"] for t in named["recalled"]] == [lake]
+    plain = memory(store, tokenizer, embedder, top_k=1, neighbours=0, speaker_search=False).recall_only("t", "c", query)
+    assert [t["turn"] for t in plain["recalled"]] == [portraits]
 
 
 def test_a_fact_is_found_among_turns_that_only_share_the_speakers_name(store, tokenizer, embedder):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import imem
-from imem.store import EdgeTurnStore, StoreUnavailable, TurnStore
+from imem.store import EdgeTurnStore, Search, StoreUnavailable, TurnStore
 from imem.store.server import ServerTurnStore
 from imem.turn import Turn
 
@@ -122,6 +122,21 @@ def test_similar_ranks_the_closest_turn_first_within_limit_and_threshold(store, 
     between = (scores[0] + scores[1]) / 2
     assert [h.turn.text for h in store.similar("t", "c", query, limit=10, threshold=between)] == [TEXTS[0]]
     assert store.similar("t", "c", query, limit=10, threshold=0.99) == []
+
+
+def test_search_runs_dense_bm25_and_one_speakers_searches_in_one_batch(store, embed):
+    fill(store, embed)  # user and assistant take turns: TEXTS[0] is the user's, TEXTS[5] the assistant's
+    query = embed(["Who in my family works in a hospital?"])[0]
+    dense, words, users, user_words, stopwords = store.search("t", "c", [
+        Search(dense=query), Search(text="brother nurse"), Search(dense=query, role="user"),
+        Search(text="brother nurse", role="user"), Search(text="the of and")], limit=3)
+    assert dense[0].turn.text == TEXTS[5] and len(dense) == 3
+    assert [h.turn.text for h in words] == [TEXTS[5]]  # only one turn has these words
+    assert [h.score for h in dense] == sorted((h.score for h in dense), reverse=True)
+    assert {h.turn.role for h in users} == {"user"} and len(users) == 3 and TEXTS[5] not in [h.turn.text for h in users]
+    assert user_words == [] and stopwords == []  # the assistant said it; stopwords alone match nothing
+    assert store.search("t", "c", [], limit=3) == []
+    assert store.search("t", "other", [Search(dense=query), Search(text="nurse")], limit=3) == [[], []]
 
 
 def test_hybrid_finds_a_rare_exact_name_that_dense_alone_ranks_low(store, embed):

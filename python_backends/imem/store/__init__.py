@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from imem.config import MemoryConfig
-from imem.store.base import DENSE, SPARSE, StoreBusy, StoreUnavailable, TurnStore
+from imem.store.base import DENSE, SPARSE, Search, StoreBusy, StoreUnavailable, TurnStore
 from imem.store.edge import EdgeTurnStore
 
-__all__ = ["DENSE", "SPARSE", "EdgeTurnStore", "StoreBusy", "StoreUnavailable", "TurnStore", "open_store"]
+__all__ = ["DENSE", "SPARSE", "EdgeTurnStore", "Search", "StoreBusy", "StoreUnavailable", "TurnStore", "open_store"]
 
 
 def open_store(config: MemoryConfig, dim: int = 384) -> TurnStore:

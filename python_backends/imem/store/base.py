@@ -29,8 +29,9 @@ EXPORT_PAGE = 1000
 # A writer that keeps losing numbers to others gives up after this many rounds (each round wins at least
 # one number unless every one it tried was taken).
 CLAIM_ATTEMPTS = 100
-# Payload indexes: the scope of every read, the exchange of a chat turn, and the turn number (ordered reads).
-KEYWORD_FIELDS = ("tenant", "conversation_id", "exchange")
+# Payload indexes: the scope of every read, the exchange of a chat turn, the speaker (a search restricted to
+# one speaker's turns, recall.py) and the turn number (ordered reads).
+KEYWORD_FIELDS = ("tenant", "conversation_id", "exchange", "role")
 ORDER_FIELD = "turn"
 _GENERATION_NAMESPACE = uuid.UUID("1b7c3e9a-2f4d-4c61-8e0b-5d9a6f3c2e17")
 
@@ -106,6 +107,24 @@ class Point(NamedTuple):
     payload: dict
 
 
+class Search(NamedTuple):
+    """One ranked list of a conversation's turns: those nearest a dense vector (cosine >= `threshold`), or the
+    best BM25 matches of `text`; only `role`'s turns when it is given."""
+    dense: np.ndarray | None = None
+    text: str = ""
+    role: str = ""
+    threshold: float = 0.0
+
+
+class Request(NamedTuple):
+    """A Search as the primitive takes it: the named vector to search, the query vector, the filter."""
+    using: str
+    vector: Any  # a list of floats (dense) or an edge.SparseVector
+    where: Where
+    limit: int
+    threshold: float | None
+
+
 def _by_turn(payloads: Iterable[dict]) -> list[Turn]:
     return sorted((Turn.from_payload(p) for p in payloads), key=lambda t: t.turn)
 
@@ -155,6 +174,10 @@ class TurnStore(ABC):
                threshold: float) -> list[tuple[dict, float]]:
         """(payload, score): dense (cosine >= `threshold`) and sparse candidates, `prefetch` of each, fused by
         reciprocal rank inside Qdrant, best first."""
+
+    @abstractmethod
+    def _search_batch(self, requests: Sequence[Request]) -> list[list[tuple[dict, float]]]:
+        """(payload, score) lists, best first, one per request, from one round trip."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -286,6 +309,33 @@ class TurnStore(ABC):
         hits = self._fused(np.asarray(dense, dtype=np.float32), sparse if sparse.indices else None,
                            scope(tenant, conversation_id), limit, prefetch, threshold)
         return [ScoredTurn(Turn.from_payload(p), score) for p, score in hits]
+
+    def search(self, tenant: str, conversation_id: str, searches: Sequence[Search], limit: int) -> list[list[ScoredTurn]]:
+        """Each search's top-`limit` turns, best first, all in one batch. A text search of stopwords only
+        (no BM25 terms) finds nothing."""
+        requests, asked, sparse = [], [], {}
+        for s in searches:
+            where = scope(tenant, conversation_id, *((Match("role", s.role),) if s.role else ()))
+            if s.dense is not None:
+                requests.append(Request(DENSE, np.asarray(s.dense, dtype=np.float32).tolist(), where, limit,
+                                        s.threshold or None))
+            else:
+                if s.text not in sparse:  # the same text searched twice (all turns, one speaker's) is encoded once
+                    sparse[s.text] = bm25().embed_query(s.text)
+                vector = sparse[s.text]
+                if not vector.indices:
+                    asked.append(False)
+                    continue
+                requests.append(Request(SPARSE, vector, where, limit, None))
+            asked.append(True)
+        found = iter(self._search_batch(requests) if requests else [])
+        turns: dict[int, Turn] = {}  # a turn found by several searches is read once
+
+        def turn(payload: dict) -> Turn:
+            number = int(payload["turn"])
+            return turns[number] if number in turns else turns.setdefault(number, Turn.from_payload(payload))
+
+        return [[ScoredTurn(turn(p), score) for p, score in next(found)] if a else [] for a in asked]
 
     def missing_vectors(self, limit: int) -> list[Turn]:
         """Up to `limit` stored turns, of any conversation, that have no dense vector yet."""

@@ -151,6 +151,12 @@ class EdgeTurnStore(TurnStore):
                                                   filter=scoped, with_payload=True))
         return [(h.payload, h.score) for h in hits]
 
+    def _search_batch(self, requests):
+        batch = self.shard.query_batch(edge.QueryBatchRequest([
+            edge.QueryRequest(limit=r.limit, query=edge.Query.Nearest(r.vector, using=r.using), filter=_filter(r.where),
+                              score_threshold=r.threshold, with_payload=True) for r in requests]))
+        return [[(h.payload, h.score) for h in hits] for hits in batch]
+
     def close(self):
         self.shard.flush()
         self.shard.close()

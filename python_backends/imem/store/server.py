@@ -122,5 +122,12 @@ class ServerTurnStore(TurnStore):
                                         query=models.FusionQuery(fusion=models.Fusion.RRF), query_filter=scoped).points
         return [(h.payload, h.score) for h in hits]
 
+    def _search_batch(self, requests):
+        batch = self.client.query_batch_points(self.collection, [
+            models.QueryRequest(query=_sparse(r.vector) if r.using == SPARSE else r.vector, using=r.using,
+                                filter=_filter(r.where), limit=r.limit, score_threshold=r.threshold, with_payload=True)
+            for r in requests])
+        return [[(h.payload, h.score) for h in response.points] for response in batch]
+
     def close(self):
         self.client.close()
