@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imem_client.client import Client, ServiceError, default_url
+from imem_client.client import Client, default_url
+from imem_client.wire import Code, ServiceError
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 REFERENCE_POLICIES = ("recency", "dense")
@@ -200,12 +201,12 @@ class InProcess:
         self.memory = Memory(self.config, self.store, tokenizer, self.embedder.embed)
 
     def delete(self, conversation_id: str, tenant: str) -> dict:
-        from imem.tensors import BadRequest
+        from imem.errors import NotFound
 
         try:
             return self.memory.delete(tenant, conversation_id)
-        except BadRequest as error:
-            raise ServiceError(str(error)) from None
+        except NotFound as error:
+            raise ServiceError(str(error), Code.NOT_FOUND) from None
 
     def ingest(self, conversation_id: str, history: list[dict], tenant: str) -> dict:
         return self.memory.ingest(tenant, conversation_id, "\n".join(json.dumps(h) for h in history))
@@ -238,7 +239,7 @@ def ingest(client: Client, conversation: Conversation, tenant: str) -> dict[str,
     try:
         client.delete(conversation.sample_id, tenant)
     except ServiceError as error:
-        if "unknown conversation" not in str(error):
+        if error.code != Code.NOT_FOUND:
             raise
     first = None
     for start in range(0, len(conversation.turns), 100):

@@ -47,7 +47,7 @@ def fit(rows: list[dict], labels: list[bool], names: list[str]) -> dict[str, flo
     x = np.array([[r.get(n, 0.0) for n in names] for r in rows])
     model = LogisticRegression(C=1.0, max_iter=5000).fit(x, np.array(labels))
     scale = model.coef_[0][names.index("bm25")]
-    return {n: round(float(w / scale), 3) for n, w in zip(names, model.coef_[0])}
+    return {n: round(float(w / scale), 3) for n, w in zip(names, model.coef_[0], strict=True)}
 
 
 def evaluate(memory, conversation, turn_of, tenant, weights: dict[str, float], tally: Tally) -> None:

@@ -5,7 +5,7 @@ For each size, a fresh store is filled with that many turns spread over --conver
 turns above the similarity threshold as real ones do). Queries go to --probes conversations of exactly
 --probe-turns turns that are part of every size, so only the store's size changes between sizes, not the
 length of the conversations asked about. For those:
-  recall   Memory.recall exactly as the chat path runs it (recent turns, hybrid search, prompt packing with
+  recall   Memory.recall exactly as the chat path runs it (recent turns, batched searches, prompt packing with
            the real tokenizer), excluding only the query's embedding
   similar  the store's filtered dense top-k alone; latest: the last turns alone
 plus the ingest rate (blocks of up to 256 turns of one conversation, as memory ingest writes them; vectors

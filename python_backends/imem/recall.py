@@ -130,7 +130,8 @@ def signals(store: TurnStore, config: MemoryConfig, tenant: str, conversation_id
     taken = {t.turn for t in recent}
     turns: dict[int, Turn] = {}
     found: dict[int, dict[str, float]] = {}
-    for name, hits in zip(searches, store.search(tenant, conversation_id, list(searches.values()), config.candidates)):
+    results = store.search(tenant, conversation_id, list(searches.values()), config.candidates)
+    for name, hits in zip(searches, results, strict=True):
         for rank, hit in enumerate(hits):
             if hit.turn.turn not in taken:
                 turns[hit.turn.turn] = hit.turn
@@ -138,7 +139,8 @@ def signals(store: TurnStore, config: MemoryConfig, tenant: str, conversation_id
     plain = {number: sum(ranks.values()) for number, ranks in found.items()}
     if config.neighbours > 0 and plain:
         sources = sorted(plain, key=lambda n: (-plain[n], n))[: config.top_k]
-        wanted = {n + d for n in sources for d in range(-config.neighbours, config.neighbours + 1)} - taken - turns.keys()
+        around = range(-config.neighbours, config.neighbours + 1)
+        wanted = {n + d for n in sources for d in around} - taken - turns.keys()
         turns.update((t.turn, t) for t in store.get(tenant, conversation_id, wanted))
         for source in sources:
             day = date_label(turns[source].timestamp)

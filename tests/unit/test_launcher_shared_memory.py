@@ -1,6 +1,7 @@
 """What a stopped server removes from /dev/shm (imem_serve.launcher.remove_unused_shared_memory): what its
 killed processes left, never what a live process, of this server or another, can still use."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,12 +29,15 @@ time.sleep(600)
 
 @pytest.fixture
 def holder():
-    process = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
+    # A group of its own, killed whole as a server's is: multiprocessing's resource tracker, a child that
+    # would otherwise outlive it, unlinks what it leaked, racing the test's first look.
+    process = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
     names = process.stdout.readline().split()
     yield process, names
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
     for name in names:
         Path(SHM, name).unlink(missing_ok=True)
 
@@ -49,7 +53,7 @@ def test_a_live_process_keeps_its_semaphore_and_shared_memory(holder):
 
 def test_what_a_killed_process_left_is_removed(holder):
     process, names = holder
-    os.kill(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 10
     while Path(f"/proc/{process.pid}").exists() and time.monotonic() < deadline:

@@ -3,8 +3,16 @@ labelled with turn numbers and dates, and the edge cases (no memory, one huge tu
 
 import pytest
 
-from imem.prompt import (MEMORY_HEADER, RECENT_HEADER, SYSTEM_MEMORY_HEADER, PromptPacker, PromptTooLong, date_label,
-                         is_pleasantry, without_pleasantries)
+from imem.prompt import (
+    MEMORY_HEADER,
+    RECENT_HEADER,
+    SYSTEM_MEMORY_HEADER,
+    PromptPacker,
+    PromptTooLong,
+    date_label,
+    is_pleasantry,
+    without_pleasantries,
+)
 from imem.turn import ScoredTurn, Turn
 
 

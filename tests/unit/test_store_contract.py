@@ -102,7 +102,7 @@ def test_an_unknown_conversation_is_empty_with_last_turn_zero(store, embed):
         assert store.latest(tenant, conversation, 3) == [] and store.export(tenant, conversation) == []
         assert store.get(tenant, conversation, [1, 2]) == []
         assert store.similar(tenant, conversation, vector, 5) == []
-        assert store.hybrid(tenant, conversation, vector, "cat", 5) == []
+        assert store.search(tenant, conversation, [Search(dense=vector), Search(text="cat")], 5) == [[], []]
         assert store.delete(tenant, conversation) == 0
     assert len(store.export("t", "c")) == len(TEXTS)
 
@@ -139,7 +139,7 @@ def test_search_runs_dense_bm25_and_one_speakers_searches_in_one_batch(store, em
     assert store.search("t", "other", [Search(dense=query), Search(text="nurse")], limit=3) == [[], []]
 
 
-def test_hybrid_finds_a_rare_exact_name_that_dense_alone_ranks_low(store, embed):
+def test_bm25_finds_a_rare_exact_name_that_dense_alone_ranks_low(store, embed):
     # Look-alike names share the word pieces the dense model sees; BM25 only matches the exact name.
     target = "Brannigar reviewed the quarterly budget and thinks marketing spends too much."
     texts = [
@@ -159,13 +159,8 @@ def test_hybrid_finds_a_rare_exact_name_that_dense_alone_ranks_low(store, embed)
     dense_rank = [hit.turn.text for hit in store.similar("t", "c", vector, limit=len(texts), threshold=-1.0)]
     assert dense_rank.index(target) >= 3
 
-    hits = store.hybrid("t", "c", vector, question, limit=3)
-    assert hits[0].turn.text == target
-    # Both stores fuse alike: RRF with k=2 over zero-based ranks, the name being BM25's only (first) hit.
-    assert hits[0].score == pytest.approx(1 / 2 + 1 / (2 + dense_rank.index(target)))
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    # A query of stopwords only has no sparse part: hybrid falls back to the dense ranking.
-    assert [h.turn.text for h in store.hybrid("t", "c", vector, "who is it", limit=3)] == dense_rank[:3]
+    [words] = store.search("t", "c", [Search(text=question)], limit=3)
+    assert [h.turn.text for h in words] == [target]  # the exact name, and nothing that only looks like it
 
 
 def test_tenants_and_conversations_never_see_each_other(store, embed):
@@ -176,7 +171,9 @@ def test_tenants_and_conversations_never_see_each_other(store, embed):
     vector = embed(["cat bread trip tea nurse note"])[0]
     for (tenant, conversation), allowed in scopes.items():
         seen = [h.turn for h in store.similar(tenant, conversation, vector, limit=20, threshold=-1.0)]
-        seen += [h.turn for h in store.hybrid(tenant, conversation, vector, "cat bread trip tea nurse note", limit=20)]
+        searches = [Search(dense=vector), Search(text="cat bread trip tea nurse note")]
+        for hits in store.search(tenant, conversation, searches, limit=20):
+            seen += [h.turn for h in hits]
         seen += store.latest(tenant, conversation, 20) + store.export(tenant, conversation)
         seen += store.get(tenant, conversation, range(1, 20))
         assert {t.text for t in seen} == set(allowed)
@@ -277,7 +274,7 @@ def test_reopening_keeps_the_turns(open_store, embed):
     store = open_store()
     assert store.export("t", "c") == turns
     assert store.similar("t", "c", embed(["What is the name of my pet?"])[0], 1)[0].turn == turns[0]
-    assert store.hybrid("t", "c", embed(["Biscuit"])[0], "Biscuit", 1)[0].turn == turns[0]
+    assert store.search("t", "c", [Search(text="Biscuit")], 1)[0][0].turn == turns[0]
 
 
 def test_edge_keeps_every_acknowledged_turn_when_killed(tmp_path):

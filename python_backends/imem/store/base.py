@@ -4,7 +4,7 @@ Each turn is one point: a dense vector ("dense", cosine), a BM25 sparse vector (
 Qdrant) and the turn as payload. Every read and write of turns is filtered on tenant and conversation_id.
 A conversation's generation (bumped by every delete) is one more point, outside every turn filter.
 
-The logic (claiming turn numbers, ordered reads, hybrid search, deletion) is written here once, over a
+The logic (claiming turn numbers, ordered reads, batched searches, deletion) is written here once, over a
 few primitives that each implementation speaks in its own client's types: Qdrant Edge's (edge.py) or
 qdrant-client's (server.py).
 """
@@ -170,12 +170,6 @@ class TurnStore(ABC):
         """(payload, cosine) of the dense top-`limit` with cosine >= `threshold`, best first."""
 
     @abstractmethod
-    def _fused(self, dense: np.ndarray, sparse: edge.SparseVector | None, where: Where, limit: int, prefetch: int,
-               threshold: float) -> list[tuple[dict, float]]:
-        """(payload, score): dense (cosine >= `threshold`) and sparse candidates, `prefetch` of each, fused by
-        reciprocal rank inside Qdrant, best first."""
-
-    @abstractmethod
     def _search_batch(self, requests: Sequence[Request]) -> list[list[tuple[dict, float]]]:
         """(payload, score) lists, best first, one per request, from one round trip."""
 
@@ -301,16 +295,8 @@ class TurnStore(ABC):
         hits = self._nearest(np.asarray(dense, dtype=np.float32), scope(tenant, conversation_id), limit, threshold)
         return [ScoredTurn(Turn.from_payload(p), score) for p, score in hits]
 
-    def hybrid(self, tenant: str, conversation_id: str, dense: np.ndarray, text: str, limit: int,
-               prefetch: int = 20, threshold: float = 0.0) -> list[ScoredTurn]:
-        """Dense (cosine >= `threshold`) and BM25 candidates, `prefetch` of each, fused with reciprocal rank
-        fusion inside Qdrant, best first."""
-        sparse = bm25().embed_query(text)
-        hits = self._fused(np.asarray(dense, dtype=np.float32), sparse if sparse.indices else None,
-                           scope(tenant, conversation_id), limit, prefetch, threshold)
-        return [ScoredTurn(Turn.from_payload(p), score) for p, score in hits]
-
-    def search(self, tenant: str, conversation_id: str, searches: Sequence[Search], limit: int) -> list[list[ScoredTurn]]:
+    def search(self, tenant: str, conversation_id: str, searches: Sequence[Search],
+               limit: int) -> list[list[ScoredTurn]]:
         """Each search's top-`limit` turns, best first, all in one batch. A text search of stopwords only
         (no BM25 terms) finds nothing."""
         requests, asked, sparse = [], [], {}

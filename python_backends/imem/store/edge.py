@@ -30,8 +30,6 @@ from imem.store.base import (
     Where,
 )
 
-# Qdrant's default RRF constant; Edge requires it spelled out.
-RRF_K = 2
 MODES = {"insert": edge.UpdateMode.InsertOnly, "update": edge.UpdateMode.UpdateOnly, "upsert": None}
 
 
@@ -138,17 +136,6 @@ class EdgeTurnStore(TurnStore):
         hits = self.shard.query(edge.QueryRequest(
             limit=limit, query=edge.Query.Nearest(dense.tolist(), using=DENSE), filter=_filter(where),
             score_threshold=threshold, with_payload=True))
-        return [(h.payload, h.score) for h in hits]
-
-    def _fused(self, dense, sparse, where, limit, prefetch, threshold):
-        scoped = _filter(where)
-        prefetches = [edge.Prefetch(limit=prefetch, query=edge.Query.Nearest(dense.tolist(), using=DENSE),
-                                    filter=scoped, score_threshold=threshold or None)]
-        if sparse is not None:  # a query of stopwords only has no sparse vector
-            prefetches.append(edge.Prefetch(limit=prefetch, query=edge.Query.Nearest(sparse, using=SPARSE),
-                                            filter=scoped))
-        hits = self.shard.query(edge.QueryRequest(limit=limit, prefetches=prefetches, query=edge.Fusion.Rrf(k=RRF_K),
-                                                  filter=scoped, with_payload=True))
         return [(h.payload, h.score) for h in hits]
 
     def _search_batch(self, requests):

@@ -110,18 +110,6 @@ class ServerTurnStore(TurnStore):
                                         with_payload=True).points
         return [(h.payload, h.score) for h in hits]
 
-    def _fused(self, dense, sparse, where, limit, prefetch, threshold):
-        # Qdrant's default RRF constant: a parametrised RRF query needs Qdrant >= 1.16, and
-        # docker/compose.yaml runs 1.15.
-        scoped = _filter(where)
-        prefetches = [models.Prefetch(query=dense.tolist(), using=DENSE, limit=prefetch, filter=scoped,
-                                      score_threshold=threshold or None)]
-        if sparse is not None:
-            prefetches.append(models.Prefetch(query=_sparse(sparse), using=SPARSE, limit=prefetch, filter=scoped))
-        hits = self.client.query_points(self.collection, prefetch=prefetches, limit=limit, with_payload=True,
-                                        query=models.FusionQuery(fusion=models.Fusion.RRF), query_filter=scoped).points
-        return [(h.payload, h.score) for h in hits]
-
     def _search_batch(self, requests):
         batch = self.client.query_batch_points(self.collection, [
             models.QueryRequest(query=_sparse(r.vector) if r.using == SPARSE else r.vector, using=r.using,
