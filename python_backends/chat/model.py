@@ -44,6 +44,7 @@ from imem.tensors import bytes_tensor, int_tensor  # noqa: E402
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Calls to memory block a thread until memory answers; memory serves them one at a time.
 MEMORY_CALL_THREADS = 16
+RESTARTING = "busy: the engine is restarting after a failure; retry in a minute"
 
 
 class Exchange:
@@ -62,7 +63,8 @@ class TritonPythonModel:
         config = load()
         self.config = config.engine
         self.logger = pb_utils.Logger
-        self.engine = engines.start(self.config)
+        # None while a dead engine is replaced (_restart_if_dead).
+        self.engine: engines.Engine | None = engines.start(self.config)
         self.in_flight = 0
         self.metrics = Metrics(pb_utils, "chat", gauges=lambda: {"requests_running": self.in_flight},
                                interval=config.memory.metrics_interval_s)
@@ -108,7 +110,7 @@ class TritonPythonModel:
     def _admit(self):
         if self.engine is None:
             self.metrics.record("imem_llm_requests_rejected_total")
-            raise Unavailable("busy: the engine is restarting after a failure; retry in a minute")
+            raise Unavailable(RESTARTING)
         if self.in_flight >= self.config.max_generations:
             self.metrics.record("imem_llm_requests_rejected_total")
             raise Unavailable(f"busy: {self.in_flight} generations in flight, the limit is "
@@ -142,6 +144,8 @@ class TritonPythonModel:
     async def _generate(self, request, generation: GenerationRequest, sender, exchange: Exchange | None):
         request_id = f"{request.request_id() or ''}-{next(self.request_ids)}"
         engine = self.engine
+        if engine is None:  # died since _admit, while the request waited for memory
+            raise Unavailable(RESTARTING)
         completion, tokens, first = [], 0, True
         try:
             async for delta in engine.generate(generation.prompt, generation.sampling, request_id):

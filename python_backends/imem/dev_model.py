@@ -58,7 +58,7 @@ def build(out: Path) -> Path:
     config = MistralConfig(
         vocab_size=32000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=32768,
-        bos_token_id=1, eos_token_id=2, torch_dtype="float32",
+        bos_token_id=1, eos_token_id=2, dtype="float32",
     )
     MistralForCausalLM(config).save_pretrained(out)
     return out

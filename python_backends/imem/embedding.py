@@ -23,10 +23,15 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imem.config import EmbedderConfig, load
+
+if TYPE_CHECKING:  # imported where used: each is slow to import, and only one runtime is used
+    from model2vec import StaticModel
+    from sentence_transformers import SentenceTransformer
 
 # Sentences the export is checked on: short, ordinary, non-ASCII, and one past the 256-token window.
 CHECK_SENTENCES = ["hi", "What did Melanie paint last summer at the lake house?",
@@ -138,14 +143,18 @@ class Embedder:
         self.kind, self.runtime = config.kind, config.runtime
         self._tokenizing = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None  # for lists longer than a batch
+        # Exactly one model is set, by kind and runtime; embed() runs that one.
+        self._static: StaticModel | None = None
+        self._onnx: OnnxSentences | None = None
+        self._torch: SentenceTransformer | None = None
         if config.kind == "static":
             from model2vec import StaticModel
 
             path = Path(config.model or config.static_path)
             if not (path / "model.safetensors").exists():
                 raise RuntimeError(f"no static embedder at {path}: build it with `python -m imem.embedding static`")
-            self.model = StaticModel.from_pretrained(str(path))
-            self.dim = self.model.dim
+            self._static = StaticModel.from_pretrained(str(path))
+            self.dim = self._static.dim
         elif config.kind == "minilm" and config.runtime == "onnx":
             if config.device != "cpu":
                 raise ValueError(f"IMEM_EMBEDDER_RUNTIME=onnx runs on the CPU; for IMEM_EMBEDDER_DEVICE="
@@ -154,13 +163,16 @@ class Embedder:
             if not (path / "model.onnx").exists():
                 raise RuntimeError(f"no ONNX export of the embedder at {path}: build it with "
                                    f"`python -m imem.embedding` (make serve and make test do)")
-            self.model = OnnxSentences(path, config.threads, self._tokenizing)
-            self.dim = self.model.dim
+            self._onnx = OnnxSentences(path, config.threads, self._tokenizing)
+            self.dim = self._onnx.dim
         elif config.kind == "minilm" and config.runtime == "torch":
             from sentence_transformers import SentenceTransformer
 
-            self.model = SentenceTransformer(config.model or minilm_path(), device=config.device)
-            self.dim = self.model.get_embedding_dimension()
+            self._torch = SentenceTransformer(config.model or minilm_path(), device=config.device)
+            dim = self._torch.get_embedding_dimension()
+            if dim is None:
+                raise RuntimeError(f"{config.model or minilm_path()} does not state its embedding size")
+            self.dim = dim
         elif config.kind != "minilm":
             raise ValueError(f"IMEM_EMBEDDER must be static or minilm, got {config.kind!r}")
         else:
@@ -180,23 +192,27 @@ class Embedder:
             for chunk, block in zip(chunks, blocks, strict=True):
                 vectors[chunk] = block
             return vectors
-        if self.kind == "static":
+        if self._static is not None:
             with self._tokenizing:  # a table look-up: tokenizing is all of it
-                vectors = self.model.encode(list(texts), show_progress_bar=False)
+                vectors = self._static.encode(list(texts), show_progress_bar=False)
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32, copy=False)
-        if self.runtime == "onnx":
-            return self.model.embed(texts).astype(np.float32, copy=False)
+        if self._onnx is not None:
+            return self._onnx.embed(texts).astype(np.float32, copy=False)
+        model = self._torch
+        if model is None:
+            raise RuntimeError("the embedder has no model")  # __init__ sets one or raises
         # The model's own modules (transformer, mean pooling, normalize), without encode()'s per-call
         # bookkeeping (length sorting, progress bar, device checks): ~1 ms of a ~10 ms single sentence.
         import torch
 
         with self._tokenizing:
-            features = self.model.preprocess(texts)
+            # Typed as an invariant list of every input kind; a list of str is one of them.
+            features = model.preprocess(texts)  # type: ignore[arg-type]
         with torch.inference_mode():
-            vectors = self.model.forward(features)["sentence_embedding"]
-            vectors = torch.nn.functional.normalize(vectors, dim=1)
-        return vectors.cpu().numpy().astype(np.float32, copy=False)
+            embedded = model.forward(features)["sentence_embedding"]
+            embedded = torch.nn.functional.normalize(embedded, dim=1)
+        return embedded.cpu().numpy().astype(np.float32, copy=False)
 
     BATCH = 64
 

@@ -62,7 +62,9 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine_args()))
-        self.bos_token = self.llm.tokenizer.bos_token if self.llm.tokenizer is not None else None
+        tokenizer = self.llm.tokenizer
+        # vLLM's TokenizerLike protocol leaves out bos_token, which the Hugging Face tokenizers it wraps have.
+        self.bos_token = tokenizer.bos_token if tokenizer is not None else None  # type: ignore[attr-defined]
 
     @property
     def errored(self) -> bool:

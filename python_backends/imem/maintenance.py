@@ -48,12 +48,15 @@ def copy_shard(source: Path, target: Path, embed: Callable[[list[str]], np.ndarr
         while True:
             records, offset = old._scroll(ANY_TURN, PAGE, offset=offset, vectors=embed is None)
             turns = [Turn.from_payload(r.payload) for r in records]
+            dense: list[np.ndarray | None] | np.ndarray
+            dim = old.dim
             if embed is not None:
-                dense = embed([t.text for t in turns]) if turns else np.zeros((0, 0), dtype=np.float32)
+                embedded = embed([t.text for t in turns]) if turns else np.zeros((0, 0), dtype=np.float32)
+                dim = embedded.shape[1] if len(turns) else old.dim
+                dense = embedded
             else:
                 dense = [dense_of(r) for r in records]
             if new is None:
-                dim = dense.shape[1] if embed is not None and len(turns) else old.dim
                 new = EdgeTurnStore(target, dim, create=True)
             if turns:
                 new._upsert(new._points(turns, dense), "insert")

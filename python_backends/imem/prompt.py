@@ -219,22 +219,22 @@ class PromptPacker:
             names = {t.role.lower() for t in recent} | {s.turn.role.lower() for s in recalled}
             recalled = [ScoredTurn(replace(s.turn, text=without_pleasantries(s.turn.text, names)), s.score)
                         for s in recalled]
-        candidates = [("recent", t) for t in reversed(recent)] + [("recalled", s) for s in recalled]
+        # (turn, None) for a recent turn, (turn, its scored entry) for a recalled one.
+        candidates: list[tuple[Turn, ScoredTurn | None]] = [(t, None) for t in reversed(recent)]
+        candidates += [(s.turn, s) for s in recalled]
         if not candidates:
             return PackedPrompt(bare, bare_tokens)
         # Estimated cost, summed line by line: headers once, a line per turn, a date line per new date.
         # Tokens merge a little across line breaks; the rendered prompt below is the truth.
         used = self._header_tokens + 6
-        lines = self._counts([turn_line(item if kind == "recent" else item.turn, self.bullet)
-                              for kind, item in candidates])
+        lines = self._counts([turn_line(turn, self.bullet) for turn, _ in candidates])
         dates: dict[tuple[str, str], int] = {}
         chosen_recent: list[Turn] = []
         chosen_recalled: list[ScoredTurn] = []
-        for (kind, item), line_cost in zip(candidates, lines, strict=True):
+        for (turn, scored), line_cost in zip(candidates, lines, strict=True):
             if limit - used < MIN_TRUNCATED_TOKENS // 2:
                 break
-            turn = item if kind == "recent" else item.turn
-            key = (kind, date_label(turn.timestamp))
+            key = ("recent" if scored is None else "recalled", date_label(turn.timestamp))
             date_cost = 0 if key in dates or not key[1] else self._counts([f"[{key[1]}]"])[0] + 1
             cost = line_cost + 1 + date_cost
             if used + cost > limit:
@@ -242,11 +242,15 @@ class PromptPacker:
                 if room < MIN_TRUNCATED_TOKENS:
                     continue
                 turn = replace(turn, text=self._truncate(turn.text, room))
-                item = turn if kind == "recent" else ScoredTurn(turn, item.score)
+                if scored is not None:
+                    scored = ScoredTurn(turn, scored.score)
                 cost = self.count(turn_line(turn, self.bullet)) + 1 + date_cost
             used += cost
             dates[key] = 1
-            (chosen_recent if kind == "recent" else chosen_recalled).append(item)
+            if scored is None:
+                chosen_recent.append(turn)
+            else:
+                chosen_recalled.append(scored)
         chosen_recent.sort(key=lambda t: t.turn)
         # Drop the lowest-priority turn until the rendered prompt fits both budgets.
         while True:

@@ -39,7 +39,8 @@ def build(out: Path) -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.bfloat16)
     config = loaded.config
     del config.quantization_config
-    model = type(loaded)(config).to(torch.bfloat16)
+    # transformers wraps to() in a decorator whose type leaves out the bound model.
+    model = type(loaded)(config).to(torch.bfloat16)  # type: ignore[arg-type]
     model.load_state_dict(loaded.state_dict())
     # Saved aside and renamed, so that an interrupted build is never taken for a model.
     partial = out.with_name(out.name + ".partial")

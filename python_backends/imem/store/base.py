@@ -96,8 +96,21 @@ def scope(tenant: str, conversation_id: str, *extra: Condition) -> Where:
 
 class Record(NamedTuple):
     id: str
-    payload: dict
+    payload: dict  # empty when not asked for
     dense: list | None  # the dense vector, when asked for and set
+
+
+def named_dense(vectors: object) -> list | None:
+    """The dense vector among a point's named vectors as Qdrant returns them; None when the point has none
+    (stored without one, or vectors not asked for)."""
+    if not vectors:
+        return None
+    if not isinstance(vectors, dict):
+        raise TypeError(f"expected a point's named vectors, got {type(vectors).__name__}")
+    dense = vectors.get(DENSE)
+    if dense is not None and not isinstance(dense, list):
+        raise TypeError(f"the {DENSE!r} vector is a {type(dense).__name__}, not a list")
+    return dense
 
 
 class Point(NamedTuple):
@@ -231,7 +244,7 @@ class TurnStore(ABC):
     def set_vector(self, turn: Turn, dense: np.ndarray) -> bool:
         """Sets the dense vector of a stored turn, provided it still holds `turn.text` (so a vector never
         lands on a turn it was not computed from). False when the turn is no longer stored."""
-        vector = self._checked([turn], [dense])[0]
+        vector = self._checked_dense([turn], [dense])[0]
         try:
             self._set_dense(turn.point_id, vector, Where(must=(Match("text", turn.text),)))
         except Exception:
@@ -358,7 +371,7 @@ class TurnStore(ABC):
         return _by_turn(r.payload for r in records)
 
     @staticmethod
-    def _points(turns: Sequence[Turn], dense: Sequence[np.ndarray | None]) -> list[Point]:
+    def _points(turns: Sequence[Turn], dense: Sequence[np.ndarray | None] | np.ndarray) -> list[Point]:
         return [Point(t.point_id, v, bm25().embed_document(t.text), t.payload())
                 for t, v in zip(turns, dense, strict=True)]
 
@@ -366,7 +379,12 @@ class TurnStore(ABC):
         if any(v is None for v in dense):  # some turns stored without a dense vector (see add)
             if len(dense) != len(turns):
                 raise ValueError(f"expected {len(turns)} dense vectors (or None), got {len(dense)}")
-            return [None if v is None else self._checked([t], [v])[0] for t, v in zip(turns, dense, strict=True)]
+            return [None if v is None else self._checked_dense([t], [v])[0]
+                    for t, v in zip(turns, dense, strict=True)]
+        return self._checked_dense(turns, dense)
+
+    def _checked_dense(self, turns: Sequence[Turn], dense) -> np.ndarray:
+        """`dense` as a float32 array of one vector per turn (none missing)."""
         dense = np.asarray(dense, dtype=np.float32)
         if dense.shape != (len(turns), self.dim):
             raise ValueError(f"expected {len(turns)} x {self.dim} dense vectors, got {dense.shape}")

@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import qdrant_edge as edge
@@ -28,6 +29,7 @@ from imem.store.base import (
     StoreUnavailable,
     TurnStore,
     Where,
+    named_dense,
 )
 
 MODES = {"insert": edge.UpdateMode.InsertOnly, "update": edge.UpdateMode.UpdateOnly, "upsert": None}
@@ -45,6 +47,10 @@ def _condition(condition):
     raise TypeError(f"no Qdrant Edge condition for {condition!r}")
 
 
+@overload
+def _filter(where: Where) -> edge.Filter: ...
+@overload
+def _filter(where: None) -> None: ...
 def _filter(where: Where | None) -> edge.Filter | None:
     if where is None:
         return None
@@ -94,8 +100,9 @@ class EdgeTurnStore(TurnStore):
                 time.sleep(0.2)
         # Checked on every open, not only on create: a crash right after create would leave them missing,
         # and an ordered scroll refuses a field without a range index.
-        indexes = {**{name: edge.PayloadSchemaType.Keyword for name in KEYWORD_FIELDS},
-                   ORDER_FIELD: edge.IntegerIndexParams(lookup=True, range=True)}
+        indexes: dict[str, edge.PayloadSchemaType | edge.PayloadSchemaParams] = {
+            **{name: edge.PayloadSchemaType.Keyword for name in KEYWORD_FIELDS},
+            ORDER_FIELD: edge.IntegerIndexParams(lookup=True, range=True)}
         existing = self.shard.info().payload_schema
         for name, schema in indexes.items():
             if name not in existing:
@@ -111,11 +118,11 @@ class EdgeTurnStore(TurnStore):
         records, next_offset = self.shard.scroll(edge.ScrollRequest(
             limit=limit, filter=_filter(where), with_payload=payload, with_vector=vectors, offset=offset,
             order_by=order_by))
-        return [Record(str(r.id), r.payload, (r.vector or {}).get(DENSE) if vectors else None)
+        return [Record(str(r.id), r.payload or {}, named_dense(r.vector) if vectors else None)
                 for r in records], next_offset
 
     def _retrieve(self, ids, *, payload=True, consistent=False):
-        return [Record(str(r.id), r.payload, None) for r in self.shard.retrieve(list(ids), payload, False)]
+        return [Record(str(r.id), r.payload or {}, None) for r in self.shard.retrieve(list(ids), payload, False)]
 
     def _count(self, where):
         return self.shard.count(edge.CountRequest(filter=_filter(where), exact=True))

@@ -3,6 +3,8 @@ run it on qdrant-client's local mode."""
 
 from __future__ import annotations
 
+from typing import overload
+
 from qdrant_client import QdrantClient, models
 
 from imem.store.base import (
@@ -17,6 +19,7 @@ from imem.store.base import (
     Record,
     TurnStore,
     Where,
+    named_dense,
 )
 
 MODES = {"insert": models.UpdateMode.INSERT_ONLY, "update": models.UpdateMode.UPDATE_ONLY, "upsert": None}
@@ -34,6 +37,10 @@ def _condition(condition):
     raise TypeError(f"no qdrant-client condition for {condition!r}")
 
 
+@overload
+def _filter(where: Where) -> models.Filter: ...
+@overload
+def _filter(where: None) -> None: ...
 def _filter(where: Where | None) -> models.Filter | None:
     if where is None:
         return None
@@ -58,7 +65,10 @@ class ServerTurnStore(TurnStore):
             except Exception:
                 if not client.collection_exists(collection):  # else another replica created it first
                     raise
-        size = client.get_collection(collection).config.params.vectors[DENSE].size
+        vectors = client.get_collection(collection).config.params.vectors
+        if not isinstance(vectors, dict) or DENSE not in vectors:
+            raise RuntimeError(f"collection {collection!r} has no named vector {DENSE!r}")
+        size = vectors[DENSE].size
         if size != dim:
             raise RuntimeError(f"collection {collection!r} holds {size}-dimensional vectors, not {dim}")
         # Idempotent on a server, so a replica that died half-way through creating them is repaired.
@@ -76,7 +86,7 @@ class ServerTurnStore(TurnStore):
         records, next_offset = self.client.scroll(self.collection, scroll_filter=_filter(where), limit=limit,
                                                   offset=offset, with_payload=payload,
                                                   with_vectors=[DENSE] if vectors else False, order_by=order_by)
-        return [Record(str(r.id), r.payload, (r.vector or {}).get(DENSE) if vectors else None)
+        return [Record(str(r.id), r.payload or {}, named_dense(r.vector) if vectors else None)
                 for r in records], next_offset
 
     # On a cluster, claims must be applied in one order on every replica (strong ordering: through the
@@ -84,7 +94,7 @@ class ServerTurnStore(TurnStore):
     def _retrieve(self, ids, *, payload=True, consistent=False):
         records = self.client.retrieve(self.collection, list(ids), with_payload=payload, with_vectors=False,
                                        consistency=models.ReadConsistencyType.ALL if consistent else None)
-        return [Record(str(r.id), r.payload, None) for r in records]
+        return [Record(str(r.id), r.payload or {}, None) for r in records]
 
     def _count(self, where):
         return self.client.count(self.collection, count_filter=_filter(where), exact=True).count
