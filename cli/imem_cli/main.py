@@ -102,7 +102,7 @@ def cmd_serve(args) -> int:
                  if gateway else "")
               + "Ctrl-C stops it.", flush=True)
         if not args.restart_on_failure:
-            return server.process.wait()
+            return server.started.wait()
         supervise(server, log=lambda message: print(message, flush=True))
         return 0
     except _Stop:
@@ -195,7 +195,8 @@ def cmd_bench(args) -> int:
     return run(args.name, args.rest)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its options; each command's function is its `run` default."""
     parser = argparse.ArgumentParser(prog="imem", description="Infinite Memory Inference: chat that remembers")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -262,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(run=cmd_bench)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (ServiceError, CliError) as error:

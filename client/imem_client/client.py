@@ -124,10 +124,10 @@ class Client:
                         error = responses.get(timeout=5)[1] or error
                     raise self._grpc_failure(error) from None
                 while True:
-                    result, error = responses.get(timeout=self.timeout)
-                    if error is not None:
+                    result, failed = responses.get(timeout=self.timeout)
+                    if failed is not None:
                         ended = True
-                        raise self._grpc_failure(error)
+                        raise self._grpc_failure(failed)
                     response = result.get_response()
                     final = response.parameters.get("triton_final_response")
                     ended = final is not None and final.bool_param

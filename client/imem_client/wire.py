@@ -69,9 +69,10 @@ def parse_error(message: str, code: Code | None = None) -> ServiceError:
 def grpc_error(error: Exception) -> ServiceError:
     """A tritonclient (or grpc) error as a ServiceError: the code of its gRPC status (a unary call, or the
     connection), else of its message's tag (a stream)."""
-    if hasattr(error, "status"):  # tritonclient's InferenceServerException: status() is "StatusCode.X" or None
+    # tritonclient's InferenceServerException: status() is "StatusCode.X" or None
+    if hasattr(error, "status") and hasattr(error, "message"):
         status, message = str(error.status()), error.message()
-    elif hasattr(error, "code"):  # a grpc.RpcError
+    elif hasattr(error, "code") and hasattr(error, "details"):  # a grpc.RpcError
         status, message = str(error.code()), error.details()
     else:
         status, message = "", str(error)

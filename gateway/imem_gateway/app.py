@@ -9,7 +9,7 @@ import logging
 import time
 import zlib
 from contextlib import asynccontextmanager, nullcontext
-from typing import AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +31,7 @@ from imem_gateway.upstream import Upstream
 from imem_gateway.validation import validation_error
 
 log = logging.getLogger("imem.gateway")
-ERRORS = {status: {"description": text} for status, text in (
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"description": text} for status, text in (
     (400, "bad request"), (401, "missing or invalid API key"), (404, "unknown conversation"),
     (429, "rate limited (see Retry-After)"), (502, "Triton failed"), (503, "Triton unreachable"))}
 
@@ -48,19 +48,26 @@ class Gateway:
         # same conversation from both writing its history.
         self.seed_locks = [asyncio.Lock() for _ in range(64)]
 
+    @property
+    def triton(self) -> Upstream:
+        """The Triton client, which the app's lifespan opens and closes."""
+        if self.upstream is None:
+            raise RuntimeError("the gateway's Triton client is not open (the app's lifespan has not started)")
+        return self.upstream
+
     def seed_lock(self, tenant: str, conversation_id: str) -> asyncio.Lock:
         return self.seed_locks[zlib.crc32(f"{tenant}\0{conversation_id}".encode()) % len(self.seed_locks)]
 
     async def seed(self, tenant: str, turn: ChatTurn) -> bool:
         """Stores the client's earlier messages if the conversation is new; True if it did."""
         try:  # recall answers 404 for an unknown conversation; unlike export, its answer stays small
-            await self.upstream.memory("recall", tenant, turn.conversation_id, message=".")
+            await self.triton.memory("recall", tenant, turn.conversation_id, message=".")
             return False  # known conversation: memory already holds its history, resent or not
         except ApiError as error:
             if error.status != 404:
                 raise
         payload = "\n".join(json.dumps({"role": h["role"], "text": h["text"]}) for h in turn.history)
-        await self.upstream.memory("ingest", tenant, turn.conversation_id, payload=payload)
+        await self.triton.memory("ingest", tenant, turn.conversation_id, payload=payload)
         return True
 
     async def converse(self, key: ApiKey, turn: ChatTurn) -> AsyncIterator[Chunk]:
@@ -70,16 +77,16 @@ class Gateway:
                                   turn.system)
         async with self.seed_lock(key.tenant, turn.conversation_id) if turn.history else nullcontext():
             seeded = bool(turn.history) and await self.seed(key.tenant, turn)
-            replies = self.upstream.chat(fields)
+            replies = self.triton.chat(fields)
             try:
                 first = await anext(replies)
             except (ApiError, StopAsyncIteration) as error:
                 if seeded:  # the turn was refused: take back the history we stored for it
-                    await self.upstream.memory("delete", key.tenant, turn.conversation_id)
+                    await self.triton.memory("delete", key.tenant, turn.conversation_id)
                 raise (error if isinstance(error, ApiError) else upstream(502, "no response from the model")) from None
         return self._rest(key, first, replies)
 
-    async def _rest(self, key: ApiKey, first: Chunk, replies: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    async def _rest(self, key: ApiKey, first: Chunk, replies: AsyncGenerator[Chunk, None]) -> AsyncIterator[Chunk]:
         try:
             reply = first
             yield reply
@@ -139,7 +146,7 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
 
     @app.get("/health", summary="gateway and Triton readiness (no key needed)", responses=ERRORS)
     async def health():
-        if not await gateway.upstream.ready():
+        if not await gateway.triton.ready():
             raise upstream(503, "Triton is not ready")
         return {"status": "ok"}
 
@@ -175,14 +182,14 @@ def create_app(settings: Settings, keys: KeyRing) -> FastAPI:
              responses=ERRORS)
     async def export_conversation(conversation_id: str = conversation_path, key: ApiKey = Depends(caller)):
         conversation = translate.conversation_id(conversation_id, None, param="conversation_id")
-        result = await gateway.upstream.memory("export", key.tenant, conversation)
+        result = await gateway.triton.memory("export", key.tenant, conversation)
         return {"object": "conversation", "id": conversation, "turns": result["turns"]}
 
     @app.delete("/v1/conversations/{conversation_id:path}", summary="delete a conversation and all its turns",
                 responses=ERRORS)
     async def delete_conversation(conversation_id: str = conversation_path, key: ApiKey = Depends(caller)):
         conversation = translate.conversation_id(conversation_id, None, param="conversation_id")
-        result = await gateway.upstream.memory("delete", key.tenant, conversation)
+        result = await gateway.triton.memory("delete", key.tenant, conversation)
         return {"object": "conversation.deleted", "id": conversation, "deleted": True,
                 "turns_deleted": result["deleted"]}
 

@@ -63,7 +63,7 @@ def sampling(request: ChatCompletionRequest) -> dict:
     """The OpenAI sampling fields as the ensemble's `sampling_parameters` (vLLM SamplingParams names)."""
     if request.logprobs:
         raise bad_request("'logprobs' is not supported", "logprobs", code="unsupported_parameter")
-    params = {}
+    params: dict[str, float | list[str]] = {}
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is not None:
         params["max_tokens"] = max_tokens

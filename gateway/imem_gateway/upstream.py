@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 import tritonclient.grpc.aio as triton
 
@@ -44,7 +44,7 @@ class Upstream:
         except Exception:  # any failure to answer means not ready
             return False
 
-    async def chat(self, fields: dict) -> AsyncIterator[Chunk]:
+    async def chat(self, fields: dict) -> AsyncGenerator[Chunk, None]:
         """Streams the chat model's responses; stops after the one that carries the finish reason."""
         finished = asyncio.Event()
         request_id = uuid.uuid4().hex

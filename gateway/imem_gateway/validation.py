@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 from imem_gateway.errors import ApiError, bad_request
 
@@ -24,7 +25,7 @@ def param_name(loc: tuple | list) -> str | None:
     return name or None
 
 
-def validation_error(errors: list[dict]) -> ApiError:
+def validation_error(errors: Sequence[dict]) -> ApiError:
     if not errors:
         return bad_request("the request is not valid")
     # Of a union's alternatives, the deepest error says most (an image part: "content[0].type", not "content").

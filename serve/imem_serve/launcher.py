@@ -115,6 +115,13 @@ class TritonServer:
     # vLLM's ZMQ sockets: by default it leaves them in /tmp for ever (about 85 files a test suite)
     ipc_dir: str | None = None
 
+    @property
+    def started(self) -> subprocess.Popen:
+        """The tritonserver process, for what only makes sense after start()."""
+        if self.process is None:
+            raise RuntimeError("tritonserver has not been started")
+        return self.process
+
     def command(self) -> list[str]:
         """The tritonserver command line (lays out the backend folder under .build/ first)."""
         binary = _pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
@@ -168,11 +175,11 @@ class TritonServer:
                 waited_on, killed_stuck_at = {}, None
                 continue
             if exited:
-                raise RuntimeError(f"tritonserver exited with code {self.process.returncode} before it was ready"
+                raise RuntimeError(f"tritonserver exited with code {self.started.returncode} before it was ready"
                                    + self._load_errors())
             if all(_answers(url) for url in ready):
                 return
-            waited_on = {pid: waited_on.get(pid, now) for pid in stubs_waited_on(self.process.pid)}
+            waited_on = {pid: waited_on.get(pid, now) for pid in stubs_waited_on(self.started.pid)}
             for pid, since in waited_on.items():
                 if now - since > STUCK_STUB_S and killed_stuck_at is None:
                     _warn(f"tritonserver has waited {now - since:.0f} s for its model process {pid} to exit while "
@@ -261,7 +268,7 @@ def remove_unused_shared_memory(names: set[str]) -> None:
     names = {n for n in names if n.startswith(SHM_KINDS) and not _creator_alive(n)}
     if not names:
         return
-    mapped = set()
+    mapped: set[str] = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
         with contextlib.suppress(OSError):
             mapped.update(line.rsplit("/dev/shm/", 1)[1].split(" ")[0] for line in maps.read_text().splitlines()
@@ -319,7 +326,8 @@ def free_ports(count: int) -> list[int]:
     binds its ports only once its models are loaded (~40 s on CPU), and meanwhile a port of the ephemeral
     range can be taken as the local end of any connection."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    ports, held = [], []
+    ports: list[int] = []
+    held: list[socket.socket] = []
     try:
         while len(ports) < count:
             candidate = socket.socket()
@@ -353,7 +361,7 @@ def supervise(server: TritonServer, log=print, interval: float = 1.0, stop=None)
     stop = stop or threading.Event()
     expected = set(server.stubs())
     while not stop.wait(interval):
-        code = server.process.poll()
+        code = server.started.poll()
         gone = expected - set(server.stubs()) if code is None else set()
         if code is None and not gone:
             continue
