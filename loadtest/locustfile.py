@@ -171,7 +171,7 @@ class ChatTurns(User):
         self.report(f"{name}: first token", ((first or done) - start) * 1000, error=error)
         self.report(f"{name}: full response", (done - start) * 1000, final.completion_tokens if final else 0,
                     error=error)
-        if error is None and asks_about is not None:
+        if error is None and final is not None and asks_about is not None:
             hit = any(asks_about in (r.get("text") or "") for r in final.recalled)
             self.report(f"{self.protocol} memory: fact recalled", 0, int(hit))
 
@@ -327,7 +327,8 @@ class OpenAIChatUser(ChatTurns):
                                headers={"X-Conversation-Id": self.conversation.id}) as response:
             if response.status_code != 200:
                 raise wire.http_error(response.status_code, response.text)
-            finish, recalled = "", []
+            finish = ""
+            recalled: list[dict] = []
             for line in response.iter_lines():
                 if not line.startswith(b"data:") or line == b"data: [DONE]":
                     continue

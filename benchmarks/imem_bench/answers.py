@@ -181,10 +181,10 @@ def run_locomo(client: Client, path: str, per_conversation: int, seed: int, tena
         questions = random.Random(seed).sample(answerable, min(per_conversation, len(answerable)))
         for policy in policies:
             for question in questions:
-                text, figures = ask(client, conversation.turns, tenant, question.text, policy)
+                text, measured = ask(client, conversation.turns, tenant, question.text, policy)
                 rows.append({"policy": policy, "category": question.category, "question": question.text,
                              "gold": question.answer, "answer": text, "f1": round(f1(text, question.answer), 4),
-                             "contains": normalize(question.answer) in normalize(text), **figures})
+                             "contains": normalize(question.answer) in normalize(text), **measured})
         print(f"locomo {conversation.sample_id}: {len(questions)} questions x {len(policies)} policies",
               file=sys.stderr, flush=True)
 

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             if summary is None:
                 return 1
             rows.append(phase_row(name, summary, sampler))
-        alive = server.process.poll() is None
+        alive = server.started.poll() is None
     finally:
         server.stop()
     calm, flood, after = rows

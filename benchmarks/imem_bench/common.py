@@ -95,8 +95,8 @@ def server(url: str | None, env: dict | None = None, repository: str | None = No
     from imem_serve.launcher import TritonServer, free_ports
 
     workdir = Path(tempfile.mkdtemp(prefix="imem-bench-"))
-    http, grpc, metrics = free_ports(3)
-    started = TritonServer(http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1",
+    http_port, grpc_port, metrics_port = free_ports(3)
+    started = TritonServer(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host="127.0.0.1",
                            log_path=workdir / "triton.log",
                            env={"IMEM_DATA_DIR": str(workdir / "data"), **(env or {})})
     if repository:

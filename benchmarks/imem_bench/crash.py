@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         traffic = Traffic(grpc_url, http_url, conversations, ledger, rng, number, args.workers)
         traffic.start()
         time.sleep(rng.uniform(0.3, args.max_delay))
-        old_group = server.process.pid
+        old_group = server.started.pid
         started = time.monotonic()
         current.killed = inject(server, fault, rng, crash_point)
         current.fault_s = round(time.monotonic() - started, 1)

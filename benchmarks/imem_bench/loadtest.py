@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
@@ -32,7 +33,10 @@ REFUSED = "chat: refused (busy)"
 REFUSED_STORED = "memory: refused turn stored"
 
 
-def _number(value: str) -> float:
+def _number(value: str | float | None) -> float:
+    """A number of Locust's CSV; 0 for a missing or empty cell."""
+    if value is None:
+        return 0.0
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -64,7 +68,7 @@ def summarize(stats_csv: str | Path, failures_csv: str | Path | None = None) -> 
         turns, failures = int(_number(full["Request Count"])), int(_number(full["Failure Count"]))
         rate = _number(full["Requests/s"])
         tokens_per_turn = _number(full["Average Content Size"])  # completion tokens (see locustfile)
-        entry = {
+        entry: dict[str, Any] = {
             "turns": turns,
             "failures": failures,
             "turns_per_s": round(rate, 3),

@@ -36,6 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def select(spec: str | None, count: int) -> list[int]:
     """'0-4', '1,3', '2' -> indices; None -> all."""
     if not spec:
         return list(range(count))
-    chosen = []
+    chosen: list[int] = []
     for part in spec.split(","):
         part = part.strip()
         if "-" in part:
@@ -234,7 +235,15 @@ def typed(config, overrides: dict[str, str]) -> dict:
     return values
 
 
-def ingest(client: Client, conversation: Conversation, tenant: str) -> dict[str, int]:
+class MemoryCalls(Protocol):
+    """What ingest() needs: the Client, or InProcess."""
+
+    def delete(self, conversation_id: str, tenant: str) -> dict: ...
+
+    def ingest(self, conversation_id: str, history: list[dict], tenant: str) -> dict: ...
+
+
+def ingest(client: MemoryCalls, conversation: Conversation, tenant: str) -> dict[str, int]:
     """(Re)creates the conversation; returns dia_id -> turn number."""
     try:
         client.delete(conversation.sample_id, tenant)
@@ -245,6 +254,8 @@ def ingest(client: Client, conversation: Conversation, tenant: str) -> dict[str,
     for start in range(0, len(conversation.turns), 100):
         result = client.ingest(conversation.sample_id, conversation.turns[start:start + 100], tenant)
         first = result["first_turn"] if first is None else first
+    if first is None:  # no turns
+        return {}
     return {t["metadata"]["dia_id"]: first + i for i, t in enumerate(conversation.turns)}
 
 
@@ -291,7 +302,9 @@ def _run(args, client) -> dict:
     policies = tuple(dict.fromkeys(["default", *(args.policies or REFERENCE_POLICIES)]))
     references = [p for p in policies if p != "default"]
     tallies = {p: Tally() for p in policies}
-    full_tokens, config, skipped, bad_evidence, turns, ingest_ms = [], {}, 0, 0, 0, 0.0
+    full_tokens: list[int] = []
+    config: dict = {}
+    skipped, bad_evidence, turns, ingest_ms = 0, 0, 0, 0.0
     for index in chosen:
         conversation = conversations[index]
         started = time.perf_counter()

@@ -69,8 +69,9 @@ class PromptMaker:
         self.overhead = self.count(self.render(""))
 
     def render(self, content: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                  add_generation_prompt=True)
+        # transformers types the result of every tokenize= alike; with tokenize=False it is the text.
+        return self.tokenizer.apply_chat_template(  # type: ignore[return-value]
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -170,8 +171,9 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
             samples: dict[str, list[common.Sample]] = {"chat": [], "llm": []}
             # Rounds alternate chat and llm: throughput is over each model's own phases, not the span between.
             walls = {"chat": 0.0, "llm": 0.0}
-            cpu = {"chat": {}, "llm": {}}  # CPU seconds used during each model's phases, per process
-            chat_stats = {"memory": {}, "chat": {}}
+            # CPU seconds used during each model's phases, per process
+            cpu: dict[str, dict[str, float]] = {"chat": {}, "llm": {}}
+            chat_stats: dict[str, dict] = {"memory": {}, "chat": {}}
             for round_ in range(rounds):
                 order = ("chat", "llm") if round_ % 2 == 0 else ("llm", "chat")
                 for kind in order:
@@ -188,7 +190,7 @@ async def measure(url: str, concurrencies: list[int], per_worker_min: int, reque
                     if kind == "chat":
                         after = await common.model_stats(clients[0], ["memory", "chat"])
                         chat_stats = common.stats_sum(chat_stats, common.stats_delta(before, after, 1))
-                        per = {w: [] for w in range(concurrency)}
+                        per: dict[int, list[int]] = {w: [] for w in range(concurrency)}
                         for i, s in enumerate(got):
                             per[i // per_worker].append(s.prompt_tokens)
                         sizes = [per[w] or [1] for w in range(concurrency)]

@@ -72,8 +72,8 @@ def by_role(server: TritonServer, measure: Callable[[int], float | dict | None])
     measure that is a dict adds up key by key)."""
     stubs = {pid: name for name, pid in server.stubs().items()}
     out: dict = {}
-    for pid in group_members(server.process.pid):
-        name, value = role(pid, stubs, server.process.pid), measure(pid)
+    for pid in group_members(server.started.pid):
+        name, value = role(pid, stubs, server.started.pid), measure(pid)
         if not name or value is None:
             continue
         if isinstance(value, dict):
