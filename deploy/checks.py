@@ -16,6 +16,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import NoReturn, Sequence
 
 import yaml
 
@@ -25,21 +26,26 @@ CHART = ROOT / "deploy" / "helm" / "imem"
 OUT = ROOT / ".build" / "deploy-check"
 DOCKERFILES = ("Dockerfile", "Dockerfile.cpu")
 
-problems: list[str] = []
 
+class Problems:
+    """What one check finds wrong. Each check collects its own and passes them to the helpers that look,
+    so a check's verdict depends on nothing but its own run."""
 
-def problem(message: str) -> None:
-    problems.append(message)
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def finish(self) -> NoReturn:
+        """Prints the problems and exits: non-zero when there are any."""
+        for message in self.messages:
+            print(f"  PROBLEM: {message}")
+        sys.exit(1 if self.messages else 0)
 
 
 def ok(message: str) -> None:
     print(f"  ok: {message}")
-
-
-def finish() -> None:
-    for message in problems:
-        print(f"  PROBLEM: {message}")
-    sys.exit(1 if problems else 0)
 
 
 # ---- reading the repository ------------------------------------------------------------------------------
@@ -91,7 +97,8 @@ def documented_variables(modules=SETTINGS_MODULES) -> dict[str, str]:
             func = node.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
             if name in ("_int", "_float", "_env", "get", "getenv") and re.fullmatch(r"[A-Z][A-Z0-9_]+", first.value):
-                if name == "get" and not (isinstance(func.value, ast.Attribute) and func.value.attr == "environ"):
+                if name == "get" and not (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute)
+                                          and func.value.attr == "environ"):
                     continue
                 kind = {"_int": "int", "_float": "float"}.get(name, "str")
                 if found.get(first.value, "str") == "str":
@@ -99,14 +106,14 @@ def documented_variables(modules=SETTINGS_MODULES) -> dict[str, str]:
     return found
 
 
-def env_file(path: Path) -> dict[str, str]:
+def env_file(path: Path, problems: Problems) -> dict[str, str]:
     values = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if "=" not in line:
-            problem(f"{path.relative_to(ROOT)}:{number}: not KEY=VALUE: {line!r}")
+            problems.add(f"{path.relative_to(ROOT)}:{number}: not KEY=VALUE: {line!r}")
             continue
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip()
@@ -130,10 +137,11 @@ TRITON_METRICS = ("nv_inference_request_success", "nv_inference_request_failure"
 def check_images() -> None:
     """The images hold the repository's own model_repository/ unchanged, our backends beside the python
     backend, and start Triton with the launcher's flags (the GPU image) or through the launcher (CPU)."""
+    problems = Problems()
     triton = launcher()
     repo = triton.MODEL_REPOSITORY
     if repo != ROOT / "model_repository":
-        problem(f"the launcher's model repository is {repo}, not the repository's model_repository/")
+        problems.add(f"the launcher's model repository is {repo}, not the repository's model_repository/")
     backends_in_configs = {}
     for config in sorted((ROOT / "model_repository").glob("*/config.pbtxt")):
         text = config.read_text()
@@ -143,9 +151,9 @@ def check_images() -> None:
     ours = set(triton.OUR_BACKENDS)
     for model, backend in backends_in_configs.items():
         if backend not in ours | {"ensemble", "python"}:
-            problem(f"model {model} uses backend {backend!r}, which no image provides")
+            problems.add(f"model {model} uses backend {backend!r}, which no image provides")
         if backend in ours and not (ROOT / "python_backends" / backend / "model.py").is_file():
-            problem(f"python_backends/{backend}/model.py is missing")
+            problems.add(f"python_backends/{backend}/model.py is missing")
     ok(f"model configs use backends {sorted(set(backends_in_configs.values()))}; ours: {sorted(ours)}")
 
     for name in DOCKERFILES:
@@ -161,23 +169,23 @@ def check_images() -> None:
                 for source in parts[:-1]:
                     copies[source] = (parts[-1], workdir)
         if "model_repository" not in copies:
-            problem(f"docker/{name} does not COPY model_repository")
+            problems.add(f"docker/{name} does not COPY model_repository")
             continue
         dest, where = copies["model_repository"]
         target = dest if dest.startswith("/") else f"{where}/{dest}"
         if target.rstrip("/") != "/opt/imem/model_repository":
-            problem(f"docker/{name} copies model_repository to {target}, expected /opt/imem/model_repository")
+            problems.add(f"docker/{name} copies model_repository to {target}, expected /opt/imem/model_repository")
         for word, args in instructions:
             if word == "RUN" and re.search(r"(rm|mv|sed|cp|tee|>)\s[^&|;]*model_repository", args):
-                problem(f"docker/{name} changes model_repository in a RUN: {args[:100]}")
+                problems.add(f"docker/{name} changes model_repository in a RUN: {args[:100]}")
         for package_dir in ("python_backends", "client", "cli", "gateway", "serve", "benchmarks"):
             if package_dir not in copies:
-                problem(f"docker/{name} does not COPY {package_dir} (a package pyproject.toml installs)")
+                problems.add(f"docker/{name} does not COPY {package_dir} (a package pyproject.toml installs)")
         ignore = (DOCKER / f"{name}.dockerignore").read_text().split()
         for needed in ("model_repository", "python_backends", "client", "cli", "gateway", "serve", "benchmarks",
                        "pyproject.toml", "requirements"):
             if f"!{needed}" not in ignore:
-                problem(f"docker/{name}.dockerignore leaves {needed} out of the build context")
+                problems.add(f"docker/{name}.dockerignore leaves {needed} out of the build context")
         ok(f"docker/{name}: COPY model_repository -> {target} (unchanged: no RUN edits it), packages copied")
 
     gpu = (DOCKER / "Dockerfile").read_text()
@@ -185,8 +193,8 @@ def check_images() -> None:
                      r"\"/opt/tritonserver/backends/\$\{name\}\"", gpu)
     linked = set(loop.group(1).split()) if loop else set()
     if linked != ours:
-        problem(f"docker/Dockerfile links {sorted(linked)} into /opt/tritonserver/backends, the launcher "
-                f"(OUR_BACKENDS) {sorted(ours)}")
+        problems.add(f"docker/Dockerfile links {sorted(linked)} into /opt/tritonserver/backends, the launcher "
+                     f"(OUR_BACKENDS) {sorted(ours)}")
     else:
         ok(f"docker/Dockerfile: python_backends/<name> -> /opt/tritonserver/backends/<name>/model.py for "
            f"{', '.join(sorted(linked))} (beside the python backend, as the launcher lays them out)")
@@ -196,8 +204,8 @@ def check_images() -> None:
     script = (DOCKER / "entrypoint.sh").read_text()
     call = re.search(r"exec tritonserver \\\n(.*?)\n\s*\"\$@\"", script, re.S)
     if not call:
-        problem("docker/entrypoint.sh: no `exec tritonserver ...` call found")
-        return
+        problems.add("docker/entrypoint.sh: no `exec tritonserver ...` call found")
+        problems.finish()  # the flag comparisons below need that call
     ours_flags = {}
     for line in call.group(1).splitlines():
         line = line.strip().rstrip("\\").strip()
@@ -209,22 +217,22 @@ def check_images() -> None:
         flag, _, value = arg.partition("=")
         theirs[flag] = value
     if set(ours_flags) != set(theirs):
-        problem(f"entrypoint.sh flags differ from the launcher's: missing {sorted(set(theirs) - set(ours_flags))}, "
-                f"extra {sorted(set(ours_flags) - set(theirs))}")
+        problems.add(f"entrypoint.sh flags differ from the launcher's: missing "
+                     f"{sorted(set(theirs) - set(ours_flags))}, extra {sorted(set(ours_flags) - set(theirs))}")
     restricted = ",".join(triton.RESTRICTED_APIS)
     exit_timeout = str(triton.TritonServer().exit_timeout)
     if f"RESTRICTED_APIS=\"{restricted}\"" not in script:
-        problem(f"entrypoint.sh restricts other APIs than the launcher ({restricted})")
+        problems.add(f"entrypoint.sh restricts other APIs than the launcher ({restricted})")
     if f"EXIT_TIMEOUT={exit_timeout}" not in script:
-        problem(f"entrypoint.sh exit timeout differs from the launcher's ({exit_timeout} s)")
+        problems.add(f"entrypoint.sh exit timeout differs from the launcher's ({exit_timeout} s)")
     for flag in ("--log-verbose",):
         if ours_flags.get(flag) != theirs.get(flag):
-            problem(f"entrypoint.sh {flag}={ours_flags.get(flag)}, launcher {theirs.get(flag)}")
+            problems.add(f"entrypoint.sh {flag}={ours_flags.get(flag)}, launcher {theirs.get(flag)}")
     for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
         if not theirs[flag].startswith(f"{restricted}:imem-admin="):
-            problem(f"unexpected launcher value for {flag}: {theirs[flag]}")
+            problems.add(f"unexpected launcher value for {flag}: {theirs[flag]}")
         if ours_flags.get(flag) != "${RESTRICTED_APIS}:imem-admin=${admin}":
-            problem(f"entrypoint.sh {flag} is not <restricted APIs>:imem-admin=<IMEM_ADMIN_KEY>")
+            problems.add(f"entrypoint.sh {flag} is not <restricted APIs>:imem-admin=<IMEM_ADMIN_KEY>")
     ok(f"entrypoint.sh starts tritonserver with the launcher's flags: {' '.join(sorted(theirs))}")
     ok(f"restricted APIs {restricted} behind the imem-admin header; exit timeout {exit_timeout} s")
 
@@ -232,35 +240,36 @@ def check_images() -> None:
     entry = [args for word, args in cpu if word in ("ENTRYPOINT", "CMD")]
     argv = [a for part in entry for a in json.loads(part)]
     if "imem" not in argv or "serve" not in argv or "--gateway" not in argv:
-        problem(f"docker/Dockerfile.cpu does not run `imem serve --gateway` (runs {argv})")
+        problems.add(f"docker/Dockerfile.cpu does not run `imem serve --gateway` (runs {argv})")
     else:
         ok(f"docker/Dockerfile.cpu runs {' '.join(argv)} (the launcher itself)")
     for name in DOCKERFILES:
         instructions = dockerfile_instructions(DOCKER / name)
         users = [args for word, args in instructions if word == "USER"]
         if not users or users[-1].split(":")[0] in ("0", "root"):
-            problem(f"docker/{name} does not end as a non-root user")
+            problems.add(f"docker/{name} does not end as a non-root user")
         if not any(word == "HEALTHCHECK" and "/v2/health/ready" in (DOCKER / "healthcheck.py").read_text()
                    for word, _ in instructions):
-            problem(f"docker/{name} has no HEALTHCHECK on /v2/health/ready")
+            problems.add(f"docker/{name} has no HEALTHCHECK on /v2/health/ready")
         text = (DOCKER / name).read_text()
         if re.search(r"^\s*(ENV|ARG)\s+[^#\n]*(ADMIN_KEY|API_KEY|PASSWORD|SECRET)", text, re.M):
-            problem(f"docker/{name} sets a secret in ENV/ARG")
+            problems.add(f"docker/{name} sets a secret in ENV/ARG")
         if re.search(r"^\s*COPY\s+[^\n]*\b(models|\.build|data)\b", text, re.M):
-            problem(f"docker/{name} copies weights or data into the image")
+            problems.add(f"docker/{name} copies weights or data into the image")
         ok(f"docker/{name}: USER {users[-1] if users else '?'}, HEALTHCHECK, no secrets in ENV/ARG, no weights copied")
-    finish()
+    problems.finish()
 
 
 def check_makefile_parity() -> None:
     """Dockerfile.cpu builds the environment as `make serve` does: every step of the Makefile's venv and
     model recipes is in its RUN instructions."""
+    problems = Problems()
     makefile = (ROOT / "Makefile").read_text()
     recipes = {}
     for target in ("$(VENV)/.installed", "model"):
         match = re.search(rf"^{re.escape(target)}:.*?\n((?:\t.*\n)+)", makefile, re.M)
         if not match:
-            problem(f"Makefile: no recipe for {target}")
+            problems.add(f"Makefile: no recipe for {target}")
             continue
         recipes[target] = [line.strip() for line in match.group(1).splitlines()]
     runs = " && ".join(args for word, args in dockerfile_instructions(DOCKER / "Dockerfile.cpu") if word == "RUN")
@@ -278,29 +287,30 @@ def check_makefile_parity() -> None:
             command = re.sub(r"\s--quiet\b", "", command)
             command = re.sub(r"\s+", " ", command).strip()
             if command not in runs:
-                problem(f"Makefile step `{line}` ({target}) has no counterpart in docker/Dockerfile.cpu "
-                        f"(looked for `{command}`)")
+                problems.add(f"Makefile step `{line}` ({target}) has no counterpart in docker/Dockerfile.cpu "
+                             f"(looked for `{command}`)")
             else:
                 checked.append(command)
     apt = re.search(r"apt-get install -y ([^)]*)\)", makefile)
     if apt:
         for package in apt.group(1).split():
             if package not in runs:
-                problem(f"docker/Dockerfile.cpu does not install Debian's {package} (the Makefile does)")
+                problems.add(f"docker/Dockerfile.cpu does not install Debian's {package} (the Makefile does)")
     for line in checked:
         print(f"    {line}")
     ok(f"docker/Dockerfile.cpu repeats the Makefile's {len(checked)} venv/model steps")
-    finish()
+    problems.finish()
 
 
 def check_settings() -> None:
     """docker/production.env and the chart's ConfigMaps set only documented variables, with values their
     settings module can parse; prints what production changes from the dev defaults."""
+    problems = Problems()
     documented = documented_variables()
     ok(f"{len(documented)} variables documented in python_backends/imem/config.py and gateway settings")
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     sources = {
-        "docker/production.env": env_file(DOCKER / "production.env"),
+        "docker/production.env": env_file(DOCKER / "production.env", problems),
         "chart config:": {k: str(v) for k, v in values["config"].items()},
         "chart gateway.config:": {k: str(v) for k, v in values["gateway"]["config"].items()},
     }
@@ -318,7 +328,7 @@ def check_settings() -> None:
         allowed = launcher_vars if source.startswith("compose") else documented
         for key, value in settings.items():
             if key not in allowed:
-                problem(f"{source}: {key} is not a variable of config.py or gateway/imem_gateway/settings.py")
+                problems.add(f"{source}: {key} is not a variable of config.py or gateway/imem_gateway/settings.py")
                 continue
             if "${" in value:
                 continue
@@ -326,7 +336,7 @@ def check_settings() -> None:
             try:
                 {"int": int, "float": float, "str": str}[kind](value)
             except ValueError:
-                problem(f"{source}: {key}={value!r} is not a valid {kind}")
+                problems.add(f"{source}: {key}={value!r} is not a valid {kind}")
         ok(f"{source}: {len(settings)} keys, all documented: {', '.join(sorted(settings))}")
     # The production values, loaded by the real settings module.
     for source in ("docker/production.env", "chart config:"):
@@ -339,96 +349,97 @@ def check_settings() -> None:
         result = subprocess.run([sys.executable, "-c", code, str(ROOT / "python_backends")], env=env,
                                 capture_output=True, text=True)
         if result.returncode:
-            problem(f"{source}: imem.config.load() fails: {result.stderr.strip().splitlines()[-1:]}")
+            problems.add(f"{source}: imem.config.load() fails: {result.stderr.strip().splitlines()[-1:]}")
         else:
             ok(f"{source}: imem.config.load() accepts it; vLLM engine args {result.stdout.strip()}")
     prod, chart = sources["docker/production.env"], sources["chart config:"]
     for key in sorted(set(prod) & set(chart)):
         if prod[key] != chart[key] and key != "QDRANT_URL":
-            problem(f"production.env and the chart disagree on {key}: {prod[key]!r} vs {chart[key]!r}")
+            problems.add(f"production.env and the chart disagree on {key}: {prod[key]!r} vs {chart[key]!r}")
     ok("production.env and the chart's config agree on every key both set (QDRANT_URL aside)")
-    finish()
+    problems.finish()
 
 
 def check_compose() -> None:
     """docker/compose.yaml: every service has a health check and a restart policy, every file it names
     exists, images are pinned, the Qdrant API key reaches both Qdrant and Triton, Triton's ports stay local."""
+    problems = Problems()
     path = DOCKER / "compose.yaml"
     compose = yaml.safe_load(path.read_text())
     services = compose["services"]
     for name, service in services.items():
         if "healthcheck" not in service:
-            problem(f"compose service {name} has no healthcheck")
+            problems.add(f"compose service {name} has no healthcheck")
         if service.get("restart") not in ("always", "unless-stopped", "on-failure"):
-            problem(f"compose service {name} has no restart policy")
+            problems.add(f"compose service {name} has no restart policy")
         image = service.get("image", "")
         if "build" in service:
             build = service["build"]
             context = (DOCKER / build.get("context", ".")).resolve()
             if not (context / build.get("dockerfile", "Dockerfile")).is_file():
-                problem(f"compose service {name}: {build} does not name an existing Dockerfile")
+                problems.add(f"compose service {name}: {build} does not name an existing Dockerfile")
         elif ":" not in image or image.endswith(":latest"):
-            problem(f"compose service {name}: image {image!r} is not pinned to a version")
+            problems.add(f"compose service {name}: image {image!r} is not pinned to a version")
         for volume in service.get("volumes", []):
-            source = volume_parts(volume)[0]
+            source = volume_parts(volume, problems)[0]
             if source.startswith((".", "/")):
                 if not (DOCKER / source).exists():
-                    problem(f"compose service {name}: {source} does not exist")
+                    problems.add(f"compose service {name}: {source} does not exist")
             elif source.startswith("${"):
                 if ":?" not in source:
-                    problem(f"compose service {name}: {source} has no required-variable check")
+                    problems.add(f"compose service {name}: {source} has no required-variable check")
             elif source not in (compose.get("volumes") or {}):
-                problem(f"compose service {name}: volume {source} is not declared")
+                problems.add(f"compose service {name}: volume {source} is not declared")
         env_files = service.get("env_file", [])
         for file in [env_files] if isinstance(env_files, str) else env_files:
             if not (DOCKER / file).is_file():
-                problem(f"compose service {name}: env_file {file} does not exist")
+                problems.add(f"compose service {name}: env_file {file} does not exist")
         ok(f"{name}: {image or 'built'}; healthcheck, restart={service.get('restart')}")
     triton, qdrant, gateway = services["triton"], services["qdrant"], services["gateway"]
     if triton["environment"].get("QDRANT_URL") != "http://qdrant:6333":
-        problem("compose triton: QDRANT_URL is not http://qdrant:6333")
+        problems.add("compose triton: QDRANT_URL is not http://qdrant:6333")
     if not str(triton["environment"].get("QDRANT_API_KEY", "")).startswith("${QDRANT_API_KEY"):
-        problem("compose triton: QDRANT_API_KEY does not come from $QDRANT_API_KEY")
+        problems.add("compose triton: QDRANT_API_KEY does not come from $QDRANT_API_KEY")
     if not str(qdrant["environment"].get("QDRANT__SERVICE__API_KEY", "")).startswith("${QDRANT_API_KEY"):
-        problem("compose qdrant: QDRANT__SERVICE__API_KEY does not come from $QDRANT_API_KEY")
+        problems.add("compose qdrant: QDRANT__SERVICE__API_KEY does not come from $QDRANT_API_KEY")
     if not str(triton["environment"].get("IMEM_ADMIN_KEY", "")).startswith("${IMEM_ADMIN_KEY:?"):
-        problem("compose triton: IMEM_ADMIN_KEY must be required from the environment")
+        problems.add("compose triton: IMEM_ADMIN_KEY must be required from the environment")
     if "grpc://triton:8001" not in " ".join(gateway.get("command", [])):
-        problem("compose gateway does not run `imem gateway --url grpc://triton:8001`")
+        problems.add("compose gateway does not run `imem gateway --url grpc://triton:8001`")
     for port in triton.get("ports", []):
         if not str(port).startswith("127.0.0.1:"):
-            problem(f"compose triton publishes {port} beyond localhost (no per-tenant auth on Triton)")
-    mounts = [volume_parts(v) for v in triton.get("volumes", [])]
+            problems.add(f"compose triton publishes {port} beyond localhost (no per-tenant auth on Triton)")
+    mounts = [volume_parts(v, problems) for v in triton.get("volumes", [])]
     if not any(target == "/models" and mode == "ro" for _, target, mode in mounts):
-        problem("compose triton: weights are not mounted read-only at /models")
+        problems.add("compose triton: weights are not mounted read-only at /models")
     if not any(target == "/data" and source in (compose.get("volumes") or {}) for source, target, _ in mounts):
-        problem("compose triton: no volume at /data")
+        problems.add("compose triton: no volume at /data")
     for name, secret in (compose.get("secrets") or {}).items():
         if "file" in secret and not secret["file"].startswith("${") and not (DOCKER / secret["file"]).exists():
-            problem(f"compose secret {name}: {secret['file']} does not exist")
+            problems.add(f"compose secret {name}: {secret['file']} does not exist")
     ok("QDRANT_API_KEY -> qdrant (QDRANT__SERVICE__API_KEY) and triton; QDRANT_URL=http://qdrant:6333; "
        "weights :ro at /models; /data volume; Triton ports on 127.0.0.1")
     prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     targets = [t for job in prometheus["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
     if "triton:8002" not in targets:
-        problem("docker/prometheus.yml does not scrape triton:8002")
+        problems.add("docker/prometheus.yml does not scrape triton:8002")
     ok(f"prometheus.yml scrapes {targets}")
-    finish()
+    problems.finish()
 
 
-def volume_parts(volume) -> tuple[str, str, str]:
+def volume_parts(volume, problems: Problems) -> tuple[str, str, str]:
     """(source, target, mode) of a compose volume, short syntax included (`${VAR:?message}:/path:ro`)."""
     if isinstance(volume, dict):
         return volume.get("source", ""), volume.get("target", ""), "ro" if volume.get("read_only") else "rw"
     match = re.fullmatch(r"(.+?):(/[^:]*)(?::(ro|rw))?", volume)
     if not match:
-        problem(f"compose volume {volume!r} is not SOURCE:/TARGET[:MODE]")
+        problems.add(f"compose volume {volume!r} is not SOURCE:/TARGET[:MODE]")
         return volume, "", ""
     return match.group(1), match.group(2), match.group(3) or "rw"
 
 
 def dashboard_expressions(dashboard: dict) -> list[str]:
-    exprs = []
+    exprs: list[str] = []
 
     def walk(panels):
         for panel in panels:
@@ -444,15 +455,17 @@ def dashboard_expressions(dashboard: dict) -> list[str]:
 def check_grafana() -> None:
     """The provisioned datasource and dashboard: valid, wired together, and showing every metric our models
     export plus Triton's request metrics, and no metric that does not exist."""
+    problems = Problems()
     datasources = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     uids = {d["uid"] for d in datasources["datasources"]}
     providers = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/imem.yaml").read_text())
     paths = {p["options"]["path"] for p in providers["providers"]}
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    mounts = {target: source for source, target, _ in map(volume_parts, compose["services"]["grafana"]["volumes"])}
+    mounts = {target: source for source, target, _ in
+              (volume_parts(v, problems) for v in compose["services"]["grafana"]["volumes"])}
     for path in paths:
         if path not in mounts or not (DOCKER / mounts[path]).is_dir():
-            problem(f"dashboard provider path {path} is not mounted from an existing folder")
+            problems.add(f"dashboard provider path {path} is not mounted from an existing folder")
     dashboard_path = DOCKER / "grafana/dashboards/imem.json"
     dashboard = json.loads(dashboard_path.read_text())
     used_uids = set()
@@ -465,7 +478,7 @@ def check_grafana() -> None:
             walk(panel.get("panels", []))
     walk(dashboard["panels"])
     if used_uids - uids:
-        problem(f"dashboard uses datasource uid(s) {sorted(used_uids - uids)} that are not provisioned")
+        problems.add(f"dashboard uses datasource uid(s) {sorted(used_uids - uids, key=str)} that are not provisioned")
     exprs = dashboard_expressions(dashboard)
     referenced = set()
     for expr in exprs:
@@ -475,31 +488,31 @@ def check_grafana() -> None:
             for m in referenced}
     unknown = sorted(m for m in base if m not in exported and m not in TRITON_METRICS)
     if unknown:
-        problem(f"dashboard queries metrics nothing exports: {unknown}")
+        problems.add(f"dashboard queries metrics nothing exports: {unknown}")
     missing = sorted((set(exported) | set(TRITON_METRICS)) - base)
     if missing:
-        problem(f"dashboard does not show: {missing}")
+        problems.add(f"dashboard does not show: {missing}")
     for name, kind in exported.items():
         if kind == "HISTOGRAM" and not any(f"{name}_bucket" in e or f"{name}_sum" in e for e in exprs):
-            problem(f"histogram {name} is not read through its _bucket/_sum series")
+            problems.add(f"histogram {name} is not read through its _bucket/_sum series")
         if kind == "COUNTER" and not any(re.search(rf"(rate|increase)\({name}\b", e) for e in exprs):
-            problem(f"counter {name} is shown without rate()/increase()")
+            problems.add(f"counter {name} is shown without rate()/increase()")
     ok(f"datasource uid(s) {sorted(uids)}; provider path(s) {sorted(paths)} mounted from docker/grafana/dashboards")
     ok(f"dashboard: {len(exprs)} queries over {len(exported)} exported imem_* metrics "
        f"({sum(k == 'HISTOGRAM' for k in exported.values())} histograms) and {len(TRITON_METRICS)} Triton metrics")
     copy = CHART / "dashboards" / "imem.json"
     if copy.read_bytes() != dashboard_path.read_bytes():
-        problem("deploy/helm/imem/dashboards/imem.json differs from docker/grafana/dashboards/imem.json")
+        problems.add("deploy/helm/imem/dashboards/imem.json differs from docker/grafana/dashboards/imem.json")
     else:
         ok("the chart's dashboard ConfigMap carries the same JSON")
-    finish()
+    problems.finish()
 
 
 # ---- Helm ------------------------------------------------------------------------------------------------
 MISSING_DEPENDENCY = "chart directory is missing these dependencies: qdrant"
 
 
-def _values(files: list[str], extra: dict | None = None) -> dict:
+def _values(files: Sequence[str | Path], extra: dict | None = None) -> dict:
     merged: dict = {}
 
     def merge(into, new):
@@ -517,6 +530,7 @@ def _values(files: list[str], extra: dict | None = None) -> dict:
 def check_helm() -> None:
     """helm lint (strict) and offline rendering (helm template) with Helm's own Go SDK, for the default
     values and every ci/ values file; the chart's refusals; the Qdrant dependency block."""
+    problems = Problems()
     import shutil
     import tempfile
 
@@ -529,7 +543,7 @@ def check_helm() -> None:
         report = helm.lint(str(path), values, strict=True, kube_version=kube, namespace="imem")
         bad = [m for m in report["messages"] if m["severity"] >= 2 and m["error"] not in allowed]
         for message in bad:
-            problem(f"helm lint {label}: {message['path']}: {message['error']}")
+            problems.add(f"helm lint {label}: {message['path']}: {message['error']}")
         notes = [m["error"] for m in report["messages"] if m["severity"] >= 2 and m["error"] in allowed]
         ok(f"helm lint --strict {label}" + (f" (expected: {'; '.join(notes)})" if notes else ""))
 
@@ -562,7 +576,7 @@ def check_helm() -> None:
         try:
             manifests = chart.render(values, name="imem", namespace="imem", is_install=True)
         except Exception as error:
-            problem(f"helm template ({case}) failed: {error}")
+            problems.add(f"helm template ({case}) failed: {error}")
             continue
         docs = []
         for template, text in sorted(manifests.items()):
@@ -574,9 +588,9 @@ def check_helm() -> None:
         (rendered_dir / f"{case}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
         kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
         ok(f"helm template ({case}): {len(docs)} objects: {', '.join(kinds)}")
-        _check_rendered(case, values, docs)
+        _check_rendered(case, values, docs, problems)
 
-    refusals = {
+    refusals: dict[str, tuple[dict, str]] = {
         "replicas>1 on the embedded store": ({"qdrant": {"enabled": False}, "triton": {"replicas": 2}},
                                              "needs a Qdrant server"),
         "qdrant.enabled and QDRANT_URL": ({"config": {"QDRANT_URL": "http://elsewhere:6333"}}, "both set"),
@@ -588,111 +602,111 @@ def check_helm() -> None:
     for label, (values, expected) in refusals.items():
         try:
             chart.render(values, name="imem", namespace="imem", is_install=True)
-            problem(f"the chart renders {label} instead of refusing it")
+            problems.add(f"the chart renders {label} instead of refusing it")
         except Exception as error:
             if expected not in str(error):
-                problem(f"the chart refuses {label}, but with: {error}")
+                problems.add(f"the chart refuses {label}, but with: {error}")
             else:
                 ok(f"refuses {label}: ...{expected}...")
-    _check_dependency()
-    finish()
+    _check_dependency(problems)
+    problems.finish()
 
 
 def _find(docs, kind, suffix):
     return next((d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)), None)
 
 
-def _check_rendered(case: str, values: dict, docs: list[dict]) -> None:
+def _check_rendered(case: str, values: dict, docs: list[dict], problems: Problems) -> None:
     deployment = _find(docs, "Deployment", "-triton")
     if not deployment:
-        problem(f"{case}: no Triton Deployment")
+        problems.add(f"{case}: no Triton Deployment")
         return
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     limits = container.get("resources", {}).get("limits", {})
     if "nvidia.com/gpu" not in limits:
-        problem(f"{case}: Triton has no nvidia.com/gpu limit")
+        problems.add(f"{case}: Triton has no nvidia.com/gpu limit")
     if not pod.get("nodeSelector") or not pod.get("tolerations"):
-        problem(f"{case}: Triton has no nodeSelector/tolerations for GPU nodes")
+        problems.add(f"{case}: Triton has no nodeSelector/tolerations for GPU nodes")
     probes = {p: container.get(p, {}).get("httpGet", {}).get("path") for p in
               ("startupProbe", "readinessProbe", "livenessProbe")}
     if probes != {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
                   "livenessProbe": "/v2/health/live"}:
-        problem(f"{case}: Triton probes are {probes}")
+        problems.add(f"{case}: Triton probes are {probes}")
     startup = container["startupProbe"]
     if startup["periodSeconds"] * startup["failureThreshold"] < 600:
-        problem(f"{case}: the startup probe allows less than 10 minutes for vLLM to load")
+        problems.add(f"{case}: the startup probe allows less than 10 minutes for vLLM to load")
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     if volumes.get("shm", {}).get("emptyDir", {}).get("medium") != "Memory" or "/dev/shm" not in mounts:
-        problem(f"{case}: no memory-backed /dev/shm")
+        problems.add(f"{case}: no memory-backed /dev/shm")
     if not mounts.get("/models", {}).get("readOnly"):
-        problem(f"{case}: /models is not mounted read-only")
+        problems.add(f"{case}: /models is not mounted read-only")
     config = _find(docs, "ConfigMap", "-config")
     qdrant_url = (config or {}).get("data", {}).get("QDRANT_URL", "")
     replicas = deployment["spec"]["replicas"]
     if replicas > 1 and not qdrant_url:
-        problem(f"{case}: {replicas} replicas without QDRANT_URL")
+        problems.add(f"{case}: {replicas} replicas without QDRANT_URL")
     if not qdrant_url and deployment["spec"]["strategy"]["type"] != "Recreate":
-        problem(f"{case}: the embedded store without the Recreate strategy")
+        problems.add(f"{case}: the embedded store without the Recreate strategy")
     env = {e["name"] for e in container.get("env", [])}
     if qdrant_url and "QDRANT_API_KEY" not in env:
-        problem(f"{case}: Triton gets QDRANT_URL but no QDRANT_API_KEY")
+        problems.add(f"{case}: Triton gets QDRANT_URL but no QDRANT_API_KEY")
     service = _find(docs, "Service", "-triton")
     ports = sorted(p["port"] for p in (service or {}).get("spec", {}).get("ports", []))
     if ports != [8000, 8001, 8002]:
-        problem(f"{case}: the Triton Service exposes {ports}")
+        problems.add(f"{case}: the Triton Service exposes {ports}")
     metrics = values.get("metrics", {})
     if metrics.get("serviceMonitor", {}).get("enabled") and not _find(docs, "ServiceMonitor", "-triton"):
-        problem(f"{case}: serviceMonitor.enabled but no ServiceMonitor")
+        problems.add(f"{case}: serviceMonitor.enabled but no ServiceMonitor")
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     if metrics.get("podAnnotations", True) and annotations.get("prometheus.io/port") != "8002":
-        problem(f"{case}: no Prometheus scrape annotations for port 8002")
+        problems.add(f"{case}: no Prometheus scrape annotations for port 8002")
     if values.get("gateway", {}).get("enabled", True):
         gateway = _find(docs, "Deployment", "-gateway")
         args = gateway["spec"]["template"]["spec"]["containers"][0]["args"] if gateway else []
         if args[:2] != ["gateway", "--url"] or not args[2].endswith(":8001"):
-            problem(f"{case}: the gateway does not run `imem gateway --url grpc://<triton>:8001` ({args})")
+            problems.add(f"{case}: the gateway does not run `imem gateway --url grpc://<triton>:8001` ({args})")
         if not _find(docs, "Service", "-gateway"):
-            problem(f"{case}: no gateway Service")
+            problems.add(f"{case}: no gateway Service")
     for doc in docs:
         if doc["kind"] == "Secret":
             continue
         text = json.dumps(doc)
         if re.search(r'"name": "(IMEM_ADMIN_KEY|QDRANT_API_KEY)", "value"', text):
-            problem(f"{case}: {doc['kind']}/{doc['metadata']['name']} carries a secret as a plain value")
+            problems.add(f"{case}: {doc['kind']}/{doc['metadata']['name']} carries a secret as a plain value")
     ok(f"{case}: GPU limit + nodeSelector/tolerations, probes ready/ready/live "
        f"(startup {startup['periodSeconds'] * startup['failureThreshold'] // 60} min), /dev/shm, /models ro, "
        f"{replicas} replica(s), strategy {deployment['spec']['strategy']['type']}, "
        f"memory {qdrant_url or 'embedded store'}")
 
 
-def _check_dependency() -> None:
+def _check_dependency(problems: Problems) -> None:
     """The Qdrant dependency, checked on its own (it cannot be downloaded here)."""
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     deps = chart.get("dependencies", [])
     qdrant = next((d for d in deps if d.get("name") == "qdrant"), None)
     if not qdrant:
-        problem("Chart.yaml has no qdrant dependency")
+        problems.add("Chart.yaml has no qdrant dependency")
         return
     if qdrant.get("repository") != "https://qdrant.github.io/qdrant-helm":
-        problem(f"qdrant dependency repository is {qdrant.get('repository')}")
+        problems.add(f"qdrant dependency repository is {qdrant.get('repository')}")
     if not re.fullmatch(r"\d+\.\d+\.\d+", str(qdrant.get("version", ""))):
-        problem(f"qdrant dependency version {qdrant.get('version')!r} is not pinned to one release")
+        problems.add(f"qdrant dependency version {qdrant.get('version')!r} is not pinned to one release")
     if qdrant.get("condition") != "qdrant.enabled":
-        problem("qdrant dependency has no `condition: qdrant.enabled`")
+        problems.add("qdrant dependency has no `condition: qdrant.enabled`")
     values = yaml.safe_load((CHART / "values.yaml").read_text())["qdrant"]
     cluster = values.get("config", {}).get("cluster", {}).get("enabled")
     replicas = values.get("replicaCount", 1)
     factor = values.get("config", {}).get("storage", {}).get("collection", {}).get("replication_factor", 1)
     if not cluster:
-        problem("qdrant.config.cluster.enabled is not true (distributed mode)")
+        problems.add("qdrant.config.cluster.enabled is not true (distributed mode)")
     if replicas < 3:
-        problem(f"qdrant.replicaCount is {replicas}, expected 3")
+        problems.add(f"qdrant.replicaCount is {replicas}, expected 3")
     if not 1 < factor <= replicas:
-        problem(f"qdrant replication_factor {factor} must be in 2..replicaCount ({replicas})")
+        problems.add(f"qdrant replication_factor {factor} must be in 2..replicaCount ({replicas})")
     if not values.get("apiKey"):
-        problem("qdrant.apiKey is not set")
+        problems.add("qdrant.apiKey is not set")
     lock = CHART / "Chart.lock"
     ok(f"dependency qdrant {qdrant['version']} from {qdrant['repository']} if qdrant.enabled; distributed mode, "
        f"{replicas} peers, replication_factor {factor}, apiKey set"
@@ -701,6 +715,7 @@ def _check_dependency() -> None:
 
 def check_kubernetes_objects(directory: str) -> None:
     """What kubernetes-validate cannot know (CRDs): the ServiceMonitor's shape."""
+    problems = Problems()
     for path in sorted(Path(directory).glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc["kind"] == "ServiceMonitor":
@@ -708,10 +723,10 @@ def check_kubernetes_objects(directory: str) -> None:
                 endpoint = (spec.get("endpoints") or [{}])[0]
                 if doc.get("apiVersion") != "monitoring.coreos.com/v1" or endpoint.get("port") != "metrics" \
                         or not spec.get("selector", {}).get("matchLabels"):
-                    problem(f"{path.name}: ServiceMonitor is malformed: {spec}")
+                    problems.add(f"{path.name}: ServiceMonitor is malformed: {spec}")
                 else:
                     ok(f"{path.name}: ServiceMonitor monitoring.coreos.com/v1 -> port metrics {endpoint.get('path')}")
-    finish()
+    problems.finish()
 
 
 def split_for_validation(directory: str, out: str) -> None:
