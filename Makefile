@@ -11,7 +11,7 @@ GRPC_PORT   ?= 8001
 METRICS_PORT ?= 8002
 export HTTP_PORT GRPC_PORT METRICS_PORT
 
-.PHONY: serve test unit integration venv dev-model model embedder clean loadtest aiperf perf-analyzer bench crash soak backpressure property deploy-check
+.PHONY: serve test lint unit integration venv dev-model model embedder clean loadtest aiperf perf-analyzer bench crash soak backpressure property deploy-check
 
 venv: $(VENV)/.installed
 
@@ -48,8 +48,14 @@ serve: venv model embedder
 	$(VENV)/bin/imem serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
 		$(if $(filter 0 no false,$(GATEWAY)),,--gateway)
 
-test: venv dev-model model embedder
+# Lint first: a failing check fails the test run before the models are built.
+test: venv lint dev-model model embedder
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# ruff and mypy as configured in pyproject.toml (mypy: every package, the Triton model entry points, scripts).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 unit: venv embedder
 	$(PY) -m pytest -ra tests/unit $(PYTEST_ARGS)
