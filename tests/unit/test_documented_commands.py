@@ -80,7 +80,8 @@ def is_placeholder(word: str) -> bool:
 def subcommand_path(argv: list[str]) -> tuple[list[str], str | None]:
     """The subcommands named at the start of `argv` (`bench NAME` included), and why they are not commands
     of `imem` (None when they are)."""
-    parser, path = build_parser(), []
+    parser = build_parser()
+    path: list[str] = []
     while True:
         actions = [a for a in parser._actions if a.choices and not a.option_strings]
         if not actions:
@@ -88,14 +89,14 @@ def subcommand_path(argv: list[str]) -> tuple[list[str], str | None]:
         positional = next((w for w in argv[len(path):] if not w.startswith("-")), None)
         if positional is None or is_placeholder(positional):
             return path, None
-        choices = actions[0].choices
-        if positional not in choices:
-            return path, f"{positional!r} is not one of {sorted(choices)}"
+        choices = actions[0].choices or {}
+        names = sorted(choices)
+        if positional not in names:
+            return path, f"{positional!r} is not one of {names}"
         path.append(positional)
-        if isinstance(choices, dict):
-            parser = choices[positional]
-        else:  # `bench NAME`: a benchmark module with its own parser, past a positional of choices
+        if not isinstance(choices, dict):  # `bench NAME`: a benchmark module, with a parser of its own
             return path, None
+        parser = choices[positional]
 
 
 def help_text(path: list[str]) -> str:
@@ -142,7 +143,7 @@ def test_documented_imem_command_exists(document, command, argv, helps, monkeypa
 
 
 def makefile_targets() -> set[str]:
-    targets = set()
+    targets: set[str] = set()
     for line in (ROOT / "Makefile").read_text().splitlines():
         match = re.match(r"^([^\s:=#][^:=]*?)\s*::?(?!=)", line)
         if match:
