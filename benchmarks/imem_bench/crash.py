@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=4, help="conversations per tenant (default 4)")
     parser.add_argument("--faults", default=None, help=f"which faults to draw from (default all the engine has: "
                                                        f"{', '.join(FAULTS)})")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="start no round after this many minutes (a time budget for --rounds)")
     parser.add_argument("--max-delay", type=float, default=4.0, help="latest moment of the fault after the traffic "
                                                                       "starts (s)")
     parser.add_argument("--seed", type=int, default=None)
@@ -320,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[Round] = []
     totals: Counter = Counter()
     for number in range(1, args.rounds + 1):
+        if args.minutes and time.monotonic() - started_all > args.minutes * 60:
+            print(f"stopping after {number - 1} rounds: --minutes {args.minutes} have passed", flush=True)
+            break
         fault = rng.choice(faults)
         current = Round(number, fault)
         traffic = Traffic(grpc_url, http_url, conversations, ledger, rng, number, args.workers)
