@@ -180,8 +180,8 @@ def inject(server, fault: str, rng: random.Random, crash_point: Path) -> list[in
         return pids
     if fault == "kill-after-store":
         memory = server.stubs().get("memory_0_0")
-        crash_point.touch()  # armed: memory's next write is its last
-        deadline = time.monotonic() + 20
+        crash_point.touch()  # armed: memory's next write is its last (a minute: on a loaded machine the
+        deadline = time.monotonic() + 60  # traffic can take that long to get a write through)
         while memory and Path(f"/proc/{memory}").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         crash_point.unlink(missing_ok=True)
