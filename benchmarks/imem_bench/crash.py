@@ -179,13 +179,19 @@ def inject(server, fault: str, rng: random.Random, crash_point: Path) -> list[in
             os.kill(engine, signal.SIGKILL)
         return pids
     if fault == "kill-after-store":
+        from imem_serve.launcher import process_stat
+
+        def alive(pid: int) -> bool:  # a stub that killed itself stays a zombie until tritonserver reaps it
+            stat = process_stat(pid)
+            return stat is not None and stat[0] != "Z"
+
         memory = server.stubs().get("memory_0_0")
         crash_point.touch()  # armed: memory's next write is its last (a minute: on a loaded machine the
         deadline = time.monotonic() + 60  # traffic can take that long to get a write through)
-        while memory and Path(f"/proc/{memory}").exists() and time.monotonic() < deadline:
+        while memory and alive(memory) and time.monotonic() < deadline:
             time.sleep(0.02)
         crash_point.unlink(missing_ok=True)
-        killed = [memory] if memory and not Path(f"/proc/{memory}").exists() else []
+        killed = [memory] if memory and not alive(memory) else []
         server.kill()
         return killed
     stub = next((p for name, p in server.stubs().items() if name.startswith(fault.removeprefix("kill-") + "_")), None)

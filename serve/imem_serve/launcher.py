@@ -321,6 +321,11 @@ def process_stat(pid: int) -> tuple[str, int, int] | None:
     return None
 
 
+# Ports drawn from the system's entropy, not the global `random`: a caller (a test framework, a seeded
+# benchmark) may seed that, and two such processes would then draw the same ports.
+_PORTS = random.SystemRandom()
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports that are free now, from just below the kernel's ephemeral range: tritonserver
     binds its ports only once its models are loaded (~40 s on CPU), and meanwhile a port of the ephemeral
@@ -333,7 +338,7 @@ def free_ports(count: int) -> list[int]:
             candidate = socket.socket()
             held.append(candidate)
             try:
-                candidate.bind(("127.0.0.1", random.randrange(max(1024, low - 12000), low)))
+                candidate.bind(("127.0.0.1", _PORTS.randrange(max(1024, low - 12000), low)))
             except OSError:  # in use, or already one of ours (held until all are found)
                 continue
             ports.append(candidate.getsockname()[1])
