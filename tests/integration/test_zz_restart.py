@@ -1,8 +1,12 @@
 """Memory outlives the server: a graceful restart keeps it, and a SIGKILL loses no acknowledged turn.
 (Named to run last: it restarts the shared server.)"""
 
+import threading
 import urllib.request
 from pathlib import Path
+
+from imem_client.client import Client
+from imem_client.wire import Chunk, ServiceError
 
 FACT = "The spare key is hidden under the blue flowerpot by the back door."
 
@@ -40,3 +44,44 @@ def test_a_killed_server_keeps_every_acknowledged_turn(service):
     stored = client.export("crash-1")["turns"]
     assert len(stored) == 20
     assert [t["text"] for t in stored if t["role"] == "assistant"] == [a.text for a in acknowledged]
+
+
+def test_a_server_killed_with_streams_in_flight_keeps_every_acknowledged_turn(service):
+    """SIGKILL while four replies stream: each message acknowledged by its first response is stored under
+    the turn number it was given, and none of the interrupted replies is stored, in part or whole."""
+    conversations = [f"killed-mid-stream-{i}" for i in range(4)]
+    first: dict[str, Chunk] = {}
+    finals: dict[str, Chunk] = {}
+    all_started = threading.Barrier(len(conversations) + 1)
+
+    def stream(conversation: str) -> None:
+        client = Client(service.grpc_url)
+        try:
+            for chunk in client.stream_chat(conversation, "Tell me a very long story.",
+                                            sampling={"max_tokens": 1500, "ignore_eos": True}):
+                if conversation not in first:
+                    first[conversation] = chunk
+                    all_started.wait(timeout=120)
+                if chunk.final:
+                    finals[conversation] = chunk
+        except ServiceError:
+            pass  # the server went away mid-stream
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=stream, args=(c,)) for c in conversations]
+    for thread in threads:
+        thread.start()
+    all_started.wait(timeout=300)
+    service.restart(kill=True)
+    for thread in threads:
+        thread.join(timeout=120)
+    client = service.client()
+    for conversation in conversations:
+        stored = client.export(conversation)["turns"]
+        assert [(t["turn"], t["role"], t["text"]) for t in stored if t["role"] == "user"] == [
+            (first[conversation].turn, "user", "Tell me a very long story.")]
+        if conversation in finals:  # the reply ended before the kill: it is stored whole
+            assert stored[-1]["turn"] == finals[conversation].reply_turn
+        else:
+            assert [t for t in stored if t["role"] == "assistant"] == [], stored
