@@ -10,9 +10,13 @@ stores the question and the answer, and a small model's wrong answer, recalled f
 would otherwise be judged instead of memory (seen: SmolLM2 repeating an earlier answer's number).
 
 Planted facts (seeded, reproducible): a history of filler small talk with facts (codes, names, places,
-dates) planted at chosen distances before the end; then each fact is asked for, and an answer counts when
-it contains the planted value. LoCoMo (--locomo FILE): questions of categories 1-4 against the gold
-answer, token F1 and whether the answer contains the normalised gold answer.
+dates; every one of a different kind) planted at chosen distances before the end, 5 per distance by default;
+then each fact is asked for, and an answer counts when it contains the planted value. LoCoMo (--locomo
+FILE): --per-category questions of each category 1-4 (25: 100 questions, drawn seeded from all the
+conversations), token F1 against the gold answer and whether the answer contains the normalised gold answer.
+Every rate and F1 comes with a bootstrap 95% interval, memory's F1 lead over each other policy with a paired
+one (same questions), and each part with the seconds it took. --quick is the form `make test` runs
+(tests/integration/test_answers.py).
 
     imem bench answers [--url grpc://...] [--distances 10,100,1000] [--locomo FILE] [--quick]
 """
