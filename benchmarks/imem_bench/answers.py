@@ -10,9 +10,13 @@ stores the question and the answer, and a small model's wrong answer, recalled f
 would otherwise be judged instead of memory (seen: SmolLM2 repeating an earlier answer's number).
 
 Planted facts (seeded, reproducible): a history of filler small talk with facts (codes, names, places,
-dates) planted at chosen distances before the end; then each fact is asked for, and an answer counts when
-it contains the planted value. LoCoMo (--locomo FILE): questions of categories 1-4 against the gold
-answer, token F1 and whether the answer contains the normalised gold answer.
+dates; every one of a different kind) planted at chosen distances before the end, 5 per distance by default;
+then each fact is asked for, and an answer counts when it contains the planted value. LoCoMo (--locomo
+FILE): --per-category questions of each category 1-4 (25: 100 questions, drawn seeded from all the
+conversations), token F1 against the gold answer and whether the answer contains the normalised gold answer.
+Every rate and F1 comes with a bootstrap 95% interval, memory's F1 lead over each other policy with a paired
+one (same questions), and each part with the seconds it took. --quick is the form `make test` runs
+(tests/integration/test_answers.py).
 
     imem bench answers [--url grpc://...] [--distances 10,100,1000] [--locomo FILE] [--quick]
 """
@@ -27,6 +31,8 @@ import string
 import sys
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from imem_bench import common, locomo
 from imem_client.client import Client, ServiceError
@@ -59,6 +65,24 @@ FACTS = [
      ["Juniper", "Alder", "Wexford", "Harrow", "Linden", "Marigold"]),
     ("colour", "My favourite colour is {v}.", "What is my favourite colour?",
      ["teal", "mustard", "crimson", "lavender", "olive", "turquoise"]),
+    ("cat", "My cat's name is {v}.", "What is my cat's name?",
+     ["Mochi", "Tofu", "Saffron", "Pistachio", "Ziggy", "Clementine"]),
+    ("employer", "I work at a company called {v}.", "What is the company I work at called?",
+     ["Brightwave", "Copperleaf", "Northwind", "Bluestone", "Quillfeather", "Ironbark"]),
+    ("gym", "My gym membership number is {v}.", "What is my gym membership number?",
+     [str(n) for n in range(52000, 53000, 61)]),
+    ("anniversary", "Our wedding anniversary is on {v}.", "When is our wedding anniversary?",
+     [f"{m} {d}" for m in ("May", "July", "August", "November") for d in (5, 14, 22)]),
+    ("instrument", "I play the {v} in a band.", "Which instrument do I play in a band?",
+     ["cello", "trombone", "banjo", "harmonica", "saxophone", "ukulele"]),
+    ("car", "My car is a {v}.", "What kind of car do I have?",
+     ["blue Volvo", "red Skoda", "green Mazda", "white Subaru", "grey Peugeot", "black Kia"]),
+    ("teacher", "My piano teacher is called {v}.", "What is my piano teacher called?",
+     ["Mrs. Albescu", "Mr. Hargreaves", "Ms. Nakamura", "Mr. Ferreira", "Mrs. Kowalczyk"]),
+    ("allergy", "I am allergic to {v}.", "What am I allergic to?",
+     ["peanuts", "shellfish", "penicillin", "kiwi", "sesame", "latex"]),
+    ("room", "My hotel room number is {v}.", "What is my hotel room number?",
+     [str(n) for n in (214, 318, 407, 512, 623, 731, 846)]),
 ]
 TOPICS = ["the garden", "a documentary about whales", "the rainy weather", "a pasta recipe", "my cousin's visit",
           "a novel about sailors", "the football match", "a jazz concert", "my morning run", "the new café downtown",
@@ -71,6 +95,14 @@ REPLIES = ["That sounds lovely, tell me more!", "How nice! What did you like mos
 
 
 FACT_SPACING = 8
+# Bootstrap resamples of every interval.
+BOOTSTRAP = 2000
+# A recall policy that reads only the latest turns sees nothing else of the history: its copy holds only the
+# latest turns it can read, which saves embedding the rest. `recency` offers the latest 4 x top_k turns;
+# `window` packs latest turns into the prompt budget, and every turn's line costs at least its text's tokens,
+# so the latest turns whose texts hold twice the budget's tokens are all it can use (the margin: a turn too
+# long for the last few tokens is skipped, and an older short one may take its place).
+TAIL_READERS = ("recency", "window")
 
 
 @dataclass
@@ -83,7 +115,10 @@ class Fact:
 
 
 def planted_history(seed: int, distances: list[int], per_distance: int) -> tuple[list[dict], list[Fact]]:
-    """Filler exchanges with one fact per (distance, slot) planted that many turns before the end."""
+    """Filler exchanges with one fact per (distance, slot) planted that many turns before the end; every
+    fact of a different kind (FACTS)."""
+    if len(distances) * per_distance > len(FACTS):
+        raise ValueError(f"at most {len(FACTS)} facts: {len(distances)} distances x {per_distance} is more")
     rng = random.Random(seed)
     kinds = rng.sample(FACTS, len(distances) * per_distance)
     length = max(distances) + FACT_SPACING * per_distance + 10
@@ -113,10 +148,38 @@ def delete(client: Client, conversation_id: str, tenant: str) -> None:
             raise
 
 
-def ask(client: Client, history: list[dict], tenant: str, question: str, policy: str) -> tuple[str, dict]:
+def readable(history: list[dict], policy: str, settings: dict, count) -> list[dict]:
+    """The latest turns of `history` that a tail-reading policy can use (TAIL_READERS); `count` gives a text's
+    tokens in the served model's tokenizer (None: a turn counts as recall.MIN_TURN_TOKENS tokens)."""
+    from imem.recall import MIN_TURN_TOKENS
+
+    if policy == "recency":
+        return history[-max(settings["top_k"], 1) * 4:]
+    limit, tokens, start = settings["prompt_budget"] // MIN_TURN_TOKENS, 0, len(history)
+    while start > 0 and len(history) - start < limit and tokens < 2 * settings["prompt_budget"]:
+        start -= 1
+        tokens += count(history[start]["text"]) if count else MIN_TURN_TOKENS
+    return history[start:]
+
+
+def token_counter(tokenizer_path: str):
+    """A text's token count in the served model's tokenizer, or None where it cannot be loaded."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except Exception:  # noqa: BLE001 - a remote server's model: fall back to counting turns
+        return None
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def ask(client: Client, history: list[dict], tenant: str, question: str, policy: str,
+        settings: dict, count=None) -> tuple[str, dict]:
     """`question` after `history`, in a conversation of its own that is deleted afterwards."""
     conversation_id = f"answers-{policy}"
     delete(client, conversation_id, tenant)  # left by an interrupted run
+    if policy in TAIL_READERS:
+        history = readable(history, policy, settings, count)
     if policy != "none":  # `none` reads nothing
         for start in range(0, len(history), 200):
             client.ingest(conversation_id, history[start:start + 200], tenant)
@@ -128,33 +191,57 @@ def ask(client: Client, history: list[dict], tenant: str, question: str, policy:
     return reply.text.strip(), {"prompt_tokens": reply.prompt_tokens, "seconds": round(seconds, 2)}
 
 
+def server_settings(client: Client, tenant: str) -> dict:
+    """The memory settings the server runs with (its profile included), from a direct recall."""
+    delete(client, "answers-settings", tenant)
+    client.ingest("answers-settings", [{"role": "user", "text": "hello"}], tenant)
+    settings = client.recall("answers-settings", "hello", tenant)["config"]
+    delete(client, "answers-settings", tenant)
+    return settings
+
+
+# ---- intervals --------------------------------------------------------------------------------------------
+def interval(values: list[float], seed: int = 0) -> list[float]:
+    """Bootstrap 95% interval of the mean of `values` (percentiles of BOOTSTRAP resampled means)."""
+    if not values:
+        return [0.0, 0.0]
+    data = np.asarray(values, dtype=float)
+    means = data[np.random.default_rng(seed).integers(0, len(data), (BOOTSTRAP, len(data)))].mean(axis=1)
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
+def rate(flags: list[bool], seed: int = 0) -> dict:
+    return {"rate": round(sum(flags) / len(flags), 3) if flags else 0.0, "n": len(flags),
+            "ci95": interval([float(f) for f in flags], seed)}
+
+
 def run_facts(client: Client, seed: int, distances: list[int], per_distance: int, tenant: str = "answers",
-              policies=tuple(POLICIES)) -> dict:
-    """Accuracy per policy and distance on one planted history; every answer is kept in the report."""
+              policies=tuple(POLICIES), count=None) -> dict:
+    """Accuracy per policy and distance on one planted history, with bootstrap intervals; every answer
+    is kept in the report."""
+    started = time.perf_counter()
     history, facts = planted_history(seed, distances, per_distance)
+    settings = server_settings(client, tenant)
     answers = []
     for policy in policies:
         for fact in facts:
-            text, figures = ask(client, history, tenant, fact.question, policy)
+            text, figures = ask(client, history, tenant, fact.question, policy, settings, count)
             answers.append({"policy": policy, "distance": fact.distance, "what": fact.what, "value": fact.value,
                             "question": fact.question, "answer": text, "correct": fact.value.lower() in text.lower(),
                             **figures})
         print(f"facts/{policy}: {sum(a['correct'] for a in answers if a['policy'] == policy)}/{len(facts)} correct",
               file=sys.stderr, flush=True)
-    accuracy = {policy: {str(d): _share([a["correct"] for a in answers if a["policy"] == policy and
-                                         _bucket(a["distance"], distances) == d]) for d in distances}
+    accuracy = {policy: {str(d): rate([a["correct"] for a in answers if a["policy"] == policy and
+                                      _bucket(a["distance"], distances) == d], seed) for d in distances}
                 for policy in policies}
-    overall = {policy: _share([a["correct"] for a in answers if a["policy"] == policy]) for policy in policies}
-    return {"seed": seed, "history_turns": len(history), "facts": len(facts), "distances": distances,
-            "accuracy_by_distance": accuracy, "accuracy": overall, "answers": answers}
+    overall = {policy: rate([a["correct"] for a in answers if a["policy"] == policy], seed) for policy in policies}
+    return {"seed": seed, "history_turns": len(history), "facts": len(facts), "per_distance": per_distance,
+            "distances": distances, "accuracy_by_distance": accuracy, "accuracy": overall,
+            "seconds": round(time.perf_counter() - started, 1), "answers": answers}
 
 
 def _bucket(distance: int, distances: list[int]) -> int:
     return min(distances, key=lambda d: abs(d - distance))
-
-
-def _share(flags: list[bool]) -> float:
-    return round(sum(flags) / len(flags), 3) if flags else 0.0
 
 
 # ---- LoCoMo -----------------------------------------------------------------------------------------------
@@ -173,53 +260,86 @@ def f1(answer: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def run_locomo(client: Client, path: str, per_conversation: int, seed: int, tenant: str = "answers-locomo",
-               policies=tuple(POLICIES)) -> dict:
-    rows = []
-    for conversation in locomo.load(path):
-        answerable = [q for q in conversation.questions if q.answer]
-        questions = random.Random(seed).sample(answerable, min(per_conversation, len(answerable)))
-        for policy in policies:
-            for question in questions:
-                text, measured = ask(client, conversation.turns, tenant, question.text, policy)
-                rows.append({"policy": policy, "category": question.category, "question": question.text,
-                             "gold": question.answer, "answer": text, "f1": round(f1(text, question.answer), 4),
-                             "contains": normalize(question.answer) in normalize(text), **measured})
-        print(f"locomo {conversation.sample_id}: {len(questions)} questions x {len(policies)} policies",
-              file=sys.stderr, flush=True)
+def stratified(conversations: list, per_category: int, seed: int) -> list[tuple]:
+    """`per_category` answerable questions of each category 1-4, drawn at random (seeded) from all the
+    conversations together: (conversation, question) pairs, grouped by conversation."""
+    rng = random.Random(seed)
+    chosen = []
+    for category in locomo.CATEGORIES:
+        pool = [(index, question) for index, conversation in enumerate(conversations)
+                for question in conversation.questions if question.answer and question.category == category]
+        chosen += rng.sample(pool, min(per_category, len(pool)))
+    chosen.sort(key=lambda pair: pair[0])
+    return [(conversations[index], question) for index, question in chosen]
 
-    def figures(selected: list[dict]) -> dict:
-        if not selected:
+
+def run_locomo(client: Client, path: str, per_category: int, seed: int, tenant: str = "answers-locomo",
+               policies=tuple(POLICIES), count=None) -> dict:
+    started = time.perf_counter()
+    settings = server_settings(client, tenant)
+    selected = stratified(locomo.load(path), per_category, seed)
+    rows = []
+    for number, (conversation, question) in enumerate(selected, start=1):
+        for policy in policies:
+            text, measured = ask(client, conversation.turns, tenant, question.text, policy, settings, count)
+            rows.append({"policy": policy, "conversation": conversation.sample_id, "category": question.category,
+                         "question": question.text, "gold": question.answer, "answer": text,
+                         "f1": round(f1(text, question.answer), 4),
+                         "contains": normalize(question.answer) in normalize(text), **measured})
+        if number % 10 == 0 or number == len(selected):
+            print(f"locomo: {number}/{len(selected)} questions x {len(policies)} policies", file=sys.stderr, flush=True)
+
+    def figures(chosen: list[dict]) -> dict:
+        if not chosen:
             return {"questions": 0}
-        return {"questions": len(selected), "f1": round(sum(r["f1"] for r in selected) / len(selected), 4),
-                "contains": _share([r["contains"] for r in selected]),
-                "prompt_tokens_mean": round(sum(r["prompt_tokens"] for r in selected) / len(selected), 1)}
+        return {"questions": len(chosen), "f1": round(float(np.mean([r["f1"] for r in chosen])), 4),
+                "f1_ci95": interval([r["f1"] for r in chosen], seed),
+                "contains": rate([r["contains"] for r in chosen], seed),
+                "prompt_tokens_mean": round(float(np.mean([r["prompt_tokens"] for r in chosen])), 1)}
 
     summary = {policy: {"overall": figures([r for r in rows if r["policy"] == policy]),
                         **{f"{c}-{name}": figures([r for r in rows if r["policy"] == policy and r["category"] == c])
                            for c, name in locomo.CATEGORIES.items()}}
                for policy in policies}
-    return {"data": path, "questions_per_conversation": per_conversation, "summary": summary, "answers": rows}
+    # Memory's F1 minus each other policy's on the same questions: a paired bootstrap interval.
+    by_policy = {policy: [r["f1"] for r in rows if r["policy"] == policy] for policy in policies}
+    difference = {}
+    if "memory" in by_policy:
+        for policy in policies:
+            if policy != "memory":
+                gaps = [a - b for a, b in zip(by_policy["memory"], by_policy[policy], strict=True)]
+                difference[policy] = {"f1": round(float(np.mean(gaps)), 4), "ci95": interval(gaps, seed)}
+    return {"data": path, "questions_per_category": per_category, "questions": len(selected), "summary": summary,
+            "memory_f1_minus": difference, "seconds": round(time.perf_counter() - started, 1), "answers": rows}
 
 
 # ---- report -----------------------------------------------------------------------------------------------
+def _cell(figure: dict) -> str:
+    low, high = figure["ci95"]
+    return f"{figure['rate']:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def print_tables(report: dict) -> None:
     facts = report["facts"]
     distances = facts["distances"]
-    print(f"Planted facts: {facts['facts']} facts in a {facts['history_turns']}-turn history (seed {facts['seed']}); "
-          f"share answered with the planted value, by turns between fact and question")
+    print(f"Planted facts: {facts['facts']} facts in a {facts['history_turns']}-turn history (seed {facts['seed']}, "
+          f"{facts['seconds']} s); share answered with the planted value [95% bootstrap interval], by turns between "
+          "fact and question")
     print(common.md_table(["policy"] + [f"{d} turns" for d in distances] + ["all"],
-                          [[p] + [facts["accuracy_by_distance"][p][str(d)] for d in distances] + [facts["accuracy"][p]]
-                           for p in facts["accuracy"]]))
+                          [[p] + [_cell(facts["accuracy_by_distance"][p][str(d)]) for d in distances]
+                           + [_cell(facts["accuracy"][p])] for p in facts["accuracy"]]))
     if report.get("locomo"):
         summary = report["locomo"]["summary"]
         categories = [k for k in next(iter(summary.values())) if k != "overall"]
-        print(f"\nLoCoMo ({report['locomo']['data']}), answer F1 / contains gold, per category")
+        print(f"\nLoCoMo ({report['locomo']['data']}, {report['locomo']['questions']} questions, "
+              f"{report['locomo']['seconds']} s): answer F1 [95% interval], contains gold, F1 per category")
         print(common.md_table(
-            ["policy", "questions", "F1", "contains"] + [f"F1 {c}" for c in categories] + ["prompt tok"],
-            [[p, s["overall"]["questions"], s["overall"].get("f1"), s["overall"].get("contains")]
-             + [s[c].get("f1", "-") for c in categories] + [s["overall"].get("prompt_tokens_mean")]
-             for p, s in summary.items()]))
+            ["policy", "F1", "contains"] + [f"F1 {c}" for c in categories] + ["prompt tok"],
+            [[p, f"{s['overall']['f1']:.3f} [{s['overall']['f1_ci95'][0]:.3f}, {s['overall']['f1_ci95'][1]:.3f}]",
+              _cell(s["overall"]["contains"])] + [s[c].get("f1", "-") for c in categories]
+             + [s["overall"].get("prompt_tokens_mean")] for p, s in summary.items()]))
+        for policy, gap in report["locomo"]["memory_f1_minus"].items():
+            print(f"memory F1 - {policy} F1: {gap['f1']:+.3f} [{gap['ci95'][0]:+.3f}, {gap['ci95'][1]:+.3f}]")
 
 
 def plot(report: dict, path) -> None:
@@ -231,9 +351,12 @@ def plot(report: dict, path) -> None:
     facts = report["facts"]
     fig, axis = plt.subplots(figsize=(6.5, 4))
     for policy, by_distance in facts["accuracy_by_distance"].items():
-        axis.plot(facts["distances"], [by_distance[str(d)] for d in facts["distances"]], "o-", label=policy)
+        rates = [by_distance[str(d)]["rate"] for d in facts["distances"]]
+        errors = [[r - by_distance[str(d)]["ci95"][0] for r, d in zip(rates, facts["distances"], strict=True)],
+                  [by_distance[str(d)]["ci95"][1] - r for r, d in zip(rates, facts["distances"], strict=True)]]
+        axis.errorbar(facts["distances"], rates, yerr=errors, fmt="o-", capsize=3, label=policy)
     axis.set(xscale="log", ylim=(-0.05, 1.05), xlabel="turns between the fact and the question",
-             ylabel="answers with the planted value", title=f"{report['model_name']}: planted facts")
+             ylabel="answers with the planted value", title=f"{report['model_name']}: planted facts (95% CI)")
     axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -246,29 +369,35 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--url", default=None, help="a running server (default: start one on free ports)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--distances", default="10,100,1000", help="turns between a fact and its question")
-    parser.add_argument("--per-distance", type=int, default=3, help="facts planted at each distance")
+    parser.add_argument("--per-distance", type=int, default=5, help="facts planted at each distance")
     parser.add_argument("--locomo", default=str(common.REPO_ROOT.parent / "shared" / "locomo" / "locomo-dev.json"),
                         help="a LoCoMo file ('' to skip)")
-    parser.add_argument("--locomo-questions", type=int, default=6, help="questions per LoCoMo conversation")
-    parser.add_argument("--quick", action="store_true", help="distances 10,100,300, 2 facts each, 3 LoCoMo questions")
+    parser.add_argument("--per-category", type=int, default=25,
+                        help="LoCoMo questions of each category 1-4 (stratified, seeded)")
+    parser.add_argument("--quick", action="store_true",
+                        help="distances 10,100,300 with 2 facts each, 1 LoCoMo question per category")
     parser.add_argument("--json", default=None, help="output (default results/answers.json)")
     args = parser.parse_args(argv)
     distances = [int(d) for d in ("10,100,300" if args.quick else args.distances).split(",")]
     per_distance = 2 if args.quick else args.per_distance
+    per_category = 1 if args.quick else args.per_category
     if len(distances) * per_distance > len(FACTS):
         parser.error(f"at most {len(FACTS)} facts: distances x --per-distance is {len(distances) * per_distance}")
     from imem.config import load
 
     config = load()
+    count = token_counter(config.engine.tokenizer_path)
     started = time.perf_counter()
     with common.server(args.url) as (grpc_url, _, _), Client(grpc_url) as client:
+        settings = server_settings(client, "answers")
         report = {"machine": common.machine(), "model": config.engine.model,
                   "model_name": re.sub(r".*/", "", config.engine.model.rstrip("/")),
-                  "sampling": SAMPLING, "policies": POLICIES,
-                  "context_budget": config.memory.context_budget, "prompt_budget": config.memory.prompt_budget,
-                  "facts": run_facts(client, args.seed, distances, per_distance)}
+                  "sampling": SAMPLING, "policies": POLICIES, "memory_settings": settings,
+                  "context_budget": settings["context_budget"], "prompt_budget": settings["prompt_budget"],
+                  "quick": args.quick,
+                  "facts": run_facts(client, args.seed, distances, per_distance, count=count)}
         if args.locomo:
-            report["locomo"] = run_locomo(client, args.locomo, 3 if args.quick else args.locomo_questions, args.seed)
+            report["locomo"] = run_locomo(client, args.locomo, per_category, args.seed, count=count)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print_tables(report)
     path = common.write_results("answers", report, args.json)

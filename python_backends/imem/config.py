@@ -65,6 +65,17 @@ class MemoryConfig:
     # 1: recalled turns are written with their pleasantries ("Thanks, Mel!"); by default they are left out
     # (imem/prompt.py).
     pleasantries: bool = field(default_factory=lambda: _env("IMEM_PLEASANTRIES", "0") == "1")
+    # Rendering (imem/prompt.py). 1: the recalled turns come after the recent ones, nearest the message
+    # (a small model reads the lines right before the question best); 0: before them.
+    memory_last: bool = field(default_factory=lambda: _env("IMEM_MEMORY_LAST", "0") == "1")
+    # 0: the assistant's own past replies are never recalled (they stay among the recent turns); a small
+    # model repeats a recalled apology or "I don't know" rather than read the fact beside it.
+    recall_assistant: bool = field(default_factory=lambda: _env("IMEM_RECALL_ASSISTANT", "1") == "1")
+    # The line above the recalled turns; empty: the packer's own (imem/prompt.py).
+    memory_header: str = field(default_factory=lambda: _env("IMEM_MEMORY_HEADER", ""))
+    # The per-model profile these settings came from (imem/profiles.py; IMEM_PROFILE): the defaults above
+    # are the `default` profile's, and load() applies the served model's own.
+    profile: str = "default"
     # Prompt tokens of the whole rendered prompt (chat template included), never exceeded.
     prompt_budget: int = field(default_factory=lambda: _int("IMEM_PROMPT_BUDGET", 1024))
     max_message_tokens: int = field(default_factory=lambda: _int("IMEM_MAX_MESSAGE_TOKENS", 512))
@@ -163,7 +174,15 @@ class Config:
 
 
 def load() -> Config:
-    return Config()
+    """The configuration, with the served model's memory profile (imem/profiles.py) as the defaults of
+    MemoryConfig: an IMEM_* variable that is set still wins."""
+    from dataclasses import replace
+
+    from imem import profiles
+
+    engine = EngineConfig()
+    name, settings = profiles.select(engine.model)
+    return Config(memory=replace(MemoryConfig(), profile=name, **settings), engine=engine)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ class Memory:
         self.store = store
         self.embed = embed
         self.tokenizer = tokenizer
-        self.packer = PromptPacker(tokenizer, config.prompt_budget, config.pleasantries)
+        self.packer = PromptPacker(tokenizer, config.prompt_budget, config.pleasantries, config.memory_last,
+                                   config.memory_header)
 
     # ---- validation -------------------------------------------------------------------------------
     def check_ids(self, tenant: str, conversation_id: str) -> None:
@@ -191,7 +192,8 @@ class Memory:
         return {"policy": "default", "top_k": c.top_k, "threshold": c.threshold, "recent_turns": c.recent_turns,
                 "context_budget": c.context_budget, "prompt_budget": c.prompt_budget, "candidates": c.candidates,
                 "neighbours": c.neighbours, "neighbour_weight": c.neighbour_weight,
-                "speaker_search": c.speaker_search, "pleasantries": c.pleasantries,
+                "speaker_search": c.speaker_search, "pleasantries": c.pleasantries, "profile": c.profile,
+                "memory_last": c.memory_last, "recall_assistant": c.recall_assistant,
                 "store": "qdrant-server" if c.qdrant_url else "qdrant-edge"}
 
     def store_message(self, handle: dict) -> Turn:

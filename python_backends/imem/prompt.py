@@ -139,11 +139,15 @@ def render_turns(turns: list[Turn], bullet: str = "") -> str:
 
 
 class PromptPacker:
-    def __init__(self, tokenizer, budget: int, pleasantries: bool = False):
-        """`pleasantries`: write recalled turns with their pleasantries (by default they are left out)."""
+    def __init__(self, tokenizer, budget: int, pleasantries: bool = False, memory_last: bool = False,
+                 memory_header: str = ""):
+        """`pleasantries`: write recalled turns with their pleasantries (by default they are left out).
+        `memory_last`: the recalled turns after the recent ones, nearest the message (by default before).
+        `memory_header`: the line above the recalled turns (by default the one for the template's roles)."""
         self.tokenizer = tokenizer
         self.budget = budget
         self.pleasantries = pleasantries
+        self.memory_last = memory_last
         # The tokenizer turns a special token's text ("</s>", "<|im_start|>") into that token wherever it
         # appears, so a message holding one could end the prompt or open a turn of its own. Inside what
         # users wrote it is broken with a zero-width space: the model reads the same characters as text.
@@ -152,7 +156,7 @@ class PromptPacker:
         self.specials = sorted((t for t in specials if len(t) > 1), key=len, reverse=True)
         self._special = re.compile("|".join(re.escape(t) for t in self.specials)) if self.specials else None
         self.system_role = has_system_role(tokenizer)
-        self.memory_header = SYSTEM_MEMORY_HEADER if self.system_role else MEMORY_HEADER
+        self.memory_header = memory_header or (SYSTEM_MEMORY_HEADER if self.system_role else MEMORY_HEADER)
         self.bullet = "- " if self.system_role else ""
         self._known: dict[str, int] = {}  # text -> tokens, oldest first
         self._header_tokens = self.count("\n\n".join([self.memory_header, RECENT_HEADER, MESSAGE_HEADER]))
@@ -180,11 +184,13 @@ class PromptPacker:
 
     def render(self, message: str, recalled: list[ScoredTurn], recent: list[Turn], system: str = "") -> str:
         parts = [system.strip()] if system.strip() else []
+        blocks = []
         if recalled:
             ordered = sorted((s.turn for s in recalled), key=lambda t: t.turn)
-            parts.append(f"{self.memory_header}\n{render_turns(ordered, self.bullet)}")
+            blocks.append(f"{self.memory_header}\n{render_turns(ordered, self.bullet)}")
         if recent:
-            parts.append(f"{RECENT_HEADER}\n{render_turns(sorted(recent, key=lambda t: t.turn), self.bullet)}")
+            blocks.append(f"{RECENT_HEADER}\n{render_turns(sorted(recent, key=lambda t: t.turn), self.bullet)}")
+        parts += reversed(blocks) if self.memory_last else blocks
         if parts and self.system_role:
             messages = [{"role": "system", "content": "\n\n".join(parts)}, {"role": "user", "content": message}]
         elif parts:

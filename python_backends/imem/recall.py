@@ -128,12 +128,14 @@ def signals(store: TurnStore, config: MemoryConfig, tenant: str, conversation_id
         searches |= {"speaker dense": Search(dense=vector, role=named, threshold=config.threshold),
                      "speaker bm25": Search(text=terms, role=named)}
     taken = {t.turn for t in recent}
+    # Turns never recalled: the assistant's own replies, when the profile says so (MemoryConfig).
+    unwanted = set() if config.recall_assistant else {"assistant"}
     turns: dict[int, Turn] = {}
     found: dict[int, dict[str, float]] = {}
     results = store.search(tenant, conversation_id, list(searches.values()), config.candidates)
     for name, hits in zip(searches, results, strict=True):
         for rank, hit in enumerate(hits):
-            if hit.turn.turn not in taken:
+            if hit.turn.turn not in taken and hit.turn.role not in unwanted:
                 turns[hit.turn.turn] = hit.turn
                 found.setdefault(hit.turn.turn, {})[name] = 1.0 / (RRF_K + rank)
     plain = {number: sum(ranks.values()) for number, ranks in found.items()}
@@ -141,7 +143,7 @@ def signals(store: TurnStore, config: MemoryConfig, tenant: str, conversation_id
         sources = sorted(plain, key=lambda n: (-plain[n], n))[: config.top_k]
         around = range(-config.neighbours, config.neighbours + 1)
         wanted = {n + d for n in sources for d in around} - taken - turns.keys()
-        turns.update((t.turn, t) for t in store.get(tenant, conversation_id, wanted))
+        turns.update((t.turn, t) for t in store.get(tenant, conversation_id, wanted) if t.role not in unwanted)
         for source in sources:
             day = date_label(turns[source].timestamp)
             for other in range(source - config.neighbours, source + config.neighbours + 1):

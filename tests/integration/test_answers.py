@@ -1,9 +1,23 @@
-"""The served default model (SmolLM2-135M-Instruct) answers planted facts through `chat` with memory, and
-memory beats the recency window at the same context budget: the small version of `imem bench answers`."""
+"""The served default model (SmolLM2-135M-Instruct) answers from memory through `chat`: `imem bench answers
+--quick` runs and reports what the full run reports, memory beats the recency window at the same context
+budget on facts planted far back, and a fact told in a live chat is recalled after small talk."""
+
+import json
 
 import pytest
 
-from imem_bench.answers import run_facts
+from imem_bench import answers
+
+SMALL_TALK = ["I went for a walk by the river this morning.", "The weather has been really grey lately.",
+              "I made pancakes for breakfast.", "My neighbour is painting his fence blue.",
+              "I watched a film about penguins last night.", "The bus was late again today.",
+              "I started reading a mystery novel.", "We are thinking of repainting the kitchen.",
+              "My brother called me from Canada.", "I bought some tomatoes at the market.",
+              "The café on the corner has new chairs.", "I tried a yoga class yesterday.",
+              "It rained all afternoon.", "I found an old photo album in the attic.",
+              "My phone battery keeps dying.", "I planted some basil on the balcony.",
+              "The library is closed on Mondays now.", "I listened to a podcast about bridges.",
+              "We had pizza with friends on Friday.", "I need to buy new running shoes."]
 
 
 @pytest.fixture(scope="module")
@@ -13,14 +27,39 @@ def default_model_service(new_service, default_model_path):
     running.server.stop()
 
 
-def test_memory_answers_facts_that_the_recency_window_has_lost(default_model_service):
-    report = run_facts(default_model_service.client(), seed=7, distances=[10, 100, 300], per_distance=2,
-                       policies=("memory", "recency"))
-    correct = {policy: sum(a["correct"] for a in report["answers"] if a["policy"] == policy)
-               for policy in ("memory", "recency")}
-    print({policy: report["accuracy_by_distance"][policy] for policy in correct})
-    for answer in report["answers"]:
+def test_quick_bench_reports_intervals_and_memory_beats_recency_far_back(default_model_service, tmp_path):
+    out = tmp_path / "answers.json"
+    assert answers.main(["--url", default_model_service.grpc_url, "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"machine", "model", "memory_settings", "facts", "locomo", "seconds", "quick"} <= report.keys()
+    assert report["machine"]["git_commit"] and report["memory_settings"]["profile"] == "smollm2-135m"
+    facts = report["facts"]
+    assert facts["distances"] == [10, 100, 300] and facts["facts"] == 6 and facts["seconds"] > 0
+    for policy in answers.POLICIES:
+        for figure in [*facts["accuracy_by_distance"][policy].values(), facts["accuracy"][policy]]:
+            assert {"rate", "n", "ci95"} <= figure.keys()
+            assert figure["ci95"][0] <= figure["rate"] <= figure["ci95"][1]
+    locomo = report["locomo"]
+    assert locomo["questions"] == 4 and set(locomo["memory_f1_minus"]) == {"recency", "none", "window"}
+    for policy in answers.POLICIES:
+        overall = locomo["summary"][policy]["overall"]
+        assert overall["questions"] == 4 and overall["f1_ci95"][0] <= overall["f1"] <= overall["f1_ci95"][1]
+    for answer in facts["answers"]:
         print(answer["policy"], answer["distance"], answer["value"], "->", answer["answer"][:80])
-    assert correct["memory"] > correct["recency"], correct
-    # What memory recalls reaches the model: facts far beyond the recency window are answered.
-    assert any(a["correct"] and a["distance"] >= 100 for a in report["answers"] if a["policy"] == "memory")
+    far = {policy: sum(a["correct"] for a in facts["answers"] if a["policy"] == policy and a["distance"] >= 100)
+           for policy in ("memory", "recency")}
+    # What memory recalls reaches the model: facts beyond the recency window are answered, and more of them.
+    assert far["memory"] > far["recency"] and far["memory"] >= 2, far
+
+
+def test_a_fact_told_in_a_live_chat_is_answered_after_small_talk(default_model_service):
+    client = default_model_service.client()
+    sampling = {"temperature": 0.0, "max_tokens": 24}
+    client.chat("live-locker", "Please remember this: my locker code is 4417.", "live", sampling=sampling,
+                stream=False)
+    for remark in SMALL_TALK:  # 20 exchanges: 40 turns, the model's own replies among them
+        client.chat("live-locker", remark, "live", sampling=sampling, stream=False)
+    reply = client.chat("live-locker", "Can you remind me of my locker code?", "live", sampling=sampling,
+                        stream=False)
+    print("reply:", reply.text, "| recalled:", reply.recalled)
+    assert "4417" in reply.text
