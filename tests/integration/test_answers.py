@@ -28,9 +28,41 @@ def default_model_service(new_service, default_model_path):
     running.server.stop()
 
 
+# A conversation in LoCoMo's file format with one answerable question of each category 1-4: the test needs
+# no data from outside the repository.
+LOCOMO = {
+    "sample_id": "tiny-answers",
+    "conversation": {
+        "speaker_a": "Ana", "speaker_b": "Ben",
+        "session_1_date_time": "1:56 pm on 8 May, 2023",
+        "session_1": [
+            {"speaker": "Ana", "dia_id": "D1:1", "text": "Hi Ben! How was your week?"},
+            {"speaker": "Ben", "dia_id": "D1:2", "text": "Great, Ana. I adopted a grey cat called Biscuit."},
+            {"speaker": "Ana", "dia_id": "D1:3", "text": "Lovely! I started rock climbing at a gym downtown."},
+        ],
+        "session_2_date_time": "10:37 am on 27 June, 2023",
+        "session_2": [
+            {"speaker": "Ben", "dia_id": "D2:1", "text": "Biscuit knocked a plant off the shelf today."},
+            {"speaker": "Ana", "dia_id": "D2:2", "text": "I climbed my first hard route yesterday!"},
+        ],
+    },
+    "qa": [
+        {"question": "What pets and hobbies do they have?", "answer": "a cat; climbing",
+         "evidence": ["D1:2", "D1:3"], "category": 1},
+        {"question": "When did Ana climb her first hard route?", "answer": "26 June 2023", "evidence": ["D2:2"],
+         "category": 2},
+        {"question": "Would Ben like a dog?", "answer": "Maybe not, he has a cat", "evidence": ["D1:2"],
+         "category": 3},
+        {"question": "What is the name of Ben's cat?", "answer": "Biscuit", "evidence": ["D1:2"], "category": 4},
+    ],
+}
+
+
 def test_quick_bench_reports_intervals_and_memory_beats_recency_far_back(default_model_service, tmp_path):
-    out = tmp_path / "answers.json"
-    assert answers.main(["--url", default_model_service.grpc_url, "--quick", "--json", str(out)]) == 0
+    out, data = tmp_path / "answers.json", tmp_path / "tiny-locomo.json"
+    data.write_text(json.dumps([LOCOMO]))
+    assert answers.main(["--url", default_model_service.grpc_url, "--quick", "--locomo", str(data),
+                         "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert {"machine", "model", "memory_settings", "facts", "locomo", "seconds", "quick"} <= report.keys()
     assert report["machine"]["git_commit"] and report["memory_settings"]["profile"] == "smollm2-135m"
