@@ -48,7 +48,8 @@ def test_a_killed_server_keeps_every_acknowledged_turn(service):
 
 def test_a_server_killed_with_streams_in_flight_keeps_every_acknowledged_turn(service):
     """SIGKILL while four replies stream: each message acknowledged by its first response is stored under
-    the turn number it was given, and none of the interrupted replies is stored, in part or whole."""
+    the turn number it was given, and no reply is stored in part (a reply stored just before its final
+    response was lost with the server is stored whole)."""
     conversations = [f"killed-mid-stream-{i}" for i in range(4)]
     first: dict[str, Chunk] = {}
     finals: dict[str, Chunk] = {}
@@ -81,7 +82,9 @@ def test_a_server_killed_with_streams_in_flight_keeps_every_acknowledged_turn(se
         stored = client.export(conversation)["turns"]
         assert [(t["turn"], t["role"], t["text"]) for t in stored if t["role"] == "user"] == [
             (first[conversation].turn, "user", "Tell me a very long story.")]
-        if conversation in finals:  # the reply ended before the kill: it is stored whole
-            assert stored[-1]["turn"] == finals[conversation].reply_turn
-        else:
-            assert [t for t in stored if t["role"] == "assistant"] == [], stored
+        replies = [t for t in stored if t["role"] == "assistant"]
+        if conversation in finals:  # the client got the final response: the reply is stored under its number
+            assert [t["turn"] for t in replies] == [finals[conversation].reply_turn]
+        for reply in replies:  # whole: written before the final response, never while it streamed
+            assert reply["reply_to"] == first[conversation].turn, reply
+            assert reply["metadata"]["finish_reason"] in ("stop", "length"), reply["metadata"]
