@@ -47,4 +47,4 @@ def test_one_chat_moves_the_memory_metrics_by_what_it_did(service, client):
     assert delta["imem_memory_turns_recalled_count"] == 1 and delta["imem_memory_turns_recalled_sum"] >= 2
     assert delta["imem_memory_prompt_tokens_sum"] == reply.prompt_tokens
     assert delta["imem_memory_turns_written_total"] == 2 and delta["imem_memory_turns_stored"] == 2
-    assert after["imem_llm_requests_running"] == 0
+    assert service.idle()  # the chat model's gauge, settled: it lags by its own flush interval
