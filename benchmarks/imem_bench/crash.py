@@ -179,11 +179,7 @@ def inject(server, fault: str, rng: random.Random, crash_point: Path) -> list[in
             os.kill(engine, signal.SIGKILL)
         return pids
     if fault == "kill-after-store":
-        from imem_serve.launcher import process_stat
-
-        def alive(pid: int) -> bool:  # a stub that killed itself stays a zombie until tritonserver reaps it
-            stat = process_stat(pid)
-            return stat is not None and stat[0] != "Z"
+        from imem_serve.launcher import alive  # a stub that killed itself stays a zombie until reaped
 
         memory = server.stubs().get("memory_0_0")
         crash_point.touch()  # armed: memory's next write is its last (a minute: on a loaded machine the

@@ -229,7 +229,7 @@ class TritonServer:
             deadline = time.monotonic() + self.exit_timeout + 10
             unloaded_at = None
             while self.process.poll() is None and time.monotonic() < deadline:
-                if unloaded_at is None and (memory is None or _parent_if_alive(memory) is None):
+                if unloaded_at is None and (memory is None or not alive(memory)):
                     unloaded_at = time.monotonic()
                 if unloaded_at is not None and time.monotonic() - unloaded_at > UNLOADED_GRACE_S:
                     break
@@ -306,6 +306,11 @@ def stubs_waited_on(server: int) -> set[int]:
             if fields[0] == WAIT4:
                 waited.add(int(fields[1], 16))
     return {pid for pid in waited if _parent_if_alive(pid) == server}
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs: a zombie (killed, not yet reaped by its parent) does not."""
+    return _parent_if_alive(pid) is not None
 
 
 def _parent_if_alive(pid: int) -> int | None:
