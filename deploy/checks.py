@@ -225,7 +225,7 @@ def check_images() -> None:
         problems.add(f"entrypoint.sh restricts other APIs than the launcher ({restricted})")
     if f"EXIT_TIMEOUT={exit_timeout}" not in script:
         problems.add(f"entrypoint.sh exit timeout differs from the launcher's ({exit_timeout} s)")
-    for flag in ("--log-verbose",):
+    for flag in ("--log-verbose", "--disable-auto-complete-config"):
         if ours_flags.get(flag) != theirs.get(flag):
             problems.add(f"entrypoint.sh {flag}={ours_flags.get(flag)}, launcher {theirs.get(flag)}")
     for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):

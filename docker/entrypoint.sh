@@ -44,6 +44,7 @@ case "$command" in
       --http-address="${IMEM_HOST:-0.0.0.0}" \
       --grpc-address="${IMEM_HOST:-0.0.0.0}" \
       --log-verbose=0 \
+      --disable-auto-complete-config \
       --exit-timeout-secs="$EXIT_TIMEOUT" \
       --http-restricted-api="${RESTRICTED_APIS}:imem-admin=${admin}" \
       --grpc-restricted-protocol="${RESTRICTED_APIS}:imem-admin=${admin}" \

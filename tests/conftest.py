@@ -16,7 +16,7 @@ def dev_model_path() -> Path:
     from imem import dev_model
 
     path = Path(os.environ["IMEM_MODEL"])
-    if path == dev_model.DEV_MODEL and not (path / "config.json").exists():
+    if path == dev_model.DEV_MODEL and not dev_model.built(path):
         dev_model.build(path)
     return path
 
@@ -33,9 +33,9 @@ def default_model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(dev_model_path):
-    from transformers import AutoTokenizer
+    from imem.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(dev_model_path)
+    return load_tokenizer(str(dev_model_path))
 
 
 @pytest.fixture(scope="session")

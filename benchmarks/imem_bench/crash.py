@@ -3,6 +3,9 @@ it at once on the same data, and check every acknowledged turn, round after roun
 crasher, qdrant/crasher).
 
 Each round:
+  0. conversations that have lived `--lifetime` rounds are deleted (staggered: one or two a round) and
+     new ones take their place: a deletion is then crashed into like any write, and the store stays the
+     size of a few rounds, so a round costs the same at round 1,000 as at round 1;
   1. traffic: worker threads chat in several conversations of several tenants, each request over one of
      gRPC streaming, gRPC with one response, HTTP generate_stream and HTTP generate; now and then one
      ingests a few history lines. Every message carries a unique tag naming its tenant and conversation.
@@ -19,6 +22,8 @@ Each round:
      half_written     a stored reply that is not a whole generation (its finish reason is not stop/length)
      leaks            a turn of another conversation or tenant in an export or a recall
      vectors          stored turns without a dense vector (every turn is stored with one)
+     resurrected      a deleted conversation that exports anything again (checked for the conversations
+                      deleted in the last `--lifetime` rounds, and for every one after the last round)
      orphans          processes of the stopped server still alive
 Prints a summary and writes results/crash-<engine>.json (results/crash.json for vLLM).
 
@@ -54,7 +59,7 @@ FAULTS = {
     "kill-after-store": "memory kills itself right after a store write, before it answers (the crash point)",
     "sigterm": "a graceful stop while requests are in flight",
 }
-FINDINGS = ("lost", "duplicates", "duplicate_numbers", "gaps", "half_written", "leaks", "vectors")
+FINDINGS = ("lost", "duplicates", "duplicate_numbers", "gaps", "half_written", "leaks", "vectors", "resurrected")
 WORDS = ("river apple lantern quartz violet harbor meadow copper falcon ember willow saffron glacier "
          "orbit canyon pepper marble thunder cobalt juniper").split()
 
@@ -199,12 +204,21 @@ def inject(server, fault: str, rng: random.Random, crash_point: Path) -> list[in
     return [stub]
 
 
-def check(grpc_url: str, ledger: dict) -> dict:
-    """Every finding, by kind, over everything acknowledged so far."""
+def check(grpc_url: str, ledger: dict, deleted: list) -> dict:
+    """Every finding, by kind, over everything acknowledged in the live conversations (`ledger`) and the
+    deleted ones named in `deleted`."""
     from imem_client.client import Client
 
     findings: dict[str, list] = {k: [] for k in FINDINGS}
     client = Client(grpc_url, timeout=120)
+    for tenant, conversation in deleted:
+        try:
+            turns = client.export(conversation, tenant=tenant)["turns"]
+        except ServiceError as error:
+            if error.code != Code.NOT_FOUND:
+                raise
+            continue
+        findings["resurrected"].append(f"{tenant}/{conversation}: deleted, exports {len(turns)} turns")
     exports = {}
     for (tenant, conversation), acked in ledger.items():
         findings["duplicate_numbers"] += [f"{tenant}/{conversation}: {clash}" for clash in acked.clashes]
@@ -253,6 +267,17 @@ def check(grpc_url: str, ledger: dict) -> dict:
     return findings
 
 
+def delete(grpc_url: str, conversation: tuple[str, str]) -> None:
+    from imem_client.client import Client
+
+    with Client(grpc_url, timeout=60) as client:
+        try:
+            client.delete(conversation[1], tenant=conversation[0])
+        except ServiceError as error:  # nothing was ever acknowledged in it: there is nothing to delete
+            if error.code != Code.NOT_FOUND:
+                raise
+
+
 def chats_again(grpc_url: str, timeout: float = 300) -> None:
     """Waits until a chat is answered (after a killed engine, the chat model starts a new one)."""
     from imem_client.client import Client
@@ -279,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's engine (default synthetic: a GPU's token stream, restarts in seconds)")
     parser.add_argument("--workers", type=int, default=6, help="client threads writing at once (default 6)")
     parser.add_argument("--conversations", type=int, default=4, help="conversations per tenant (default 4)")
+    parser.add_argument("--lifetime", type=int, default=10, help="rounds a conversation lives before it is deleted "
+                                                                 "(default 10)")
     parser.add_argument("--faults", default=None, help=f"which faults to draw from (default all the engine has: "
                                                        f"{', '.join(FAULTS)})")
     parser.add_argument("--minutes", type=float, default=None,
@@ -308,8 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     env = {"IMEM_DATA_DIR": str(data), "IMEM_ENGINE": args.engine, "IMEM_CRASH_POINT_FILE": str(crash_point),
            # the synthetic engine a little faster than a GPU's 50 tokens/s: more acknowledged turns per round
            "IMEM_SYNTHETIC_TOKENS_PER_S": "200"}
-    conversations = [(tenant, f"conv-{i}") for tenant in TENANTS for i in range(args.conversations)]
-    ledger = {key: Acknowledged() for key in conversations}
+    slots = [(tenant, i) for tenant in TENANTS for i in range(args.conversations)]
+
+    def conversations_of(number: int) -> list[tuple[str, str]]:
+        """The live conversation of every slot in round `number`: slots start staggered over a lifetime, so
+        that one or two conversations end each round."""
+        return [(tenant, f"conv-{i}-g{(number + s * args.lifetime // len(slots)) // args.lifetime}")
+                for s, (tenant, i) in enumerate(slots)]
+
+    ledger: dict[tuple[str, str], Acknowledged] = {}
+    deleted: dict[tuple[str, str], int] = {}  # conversation -> the round it was deleted in
+    deleted_turns = 0
     grpc_url, http_url = f"grpc://127.0.0.1:{grpc}", f"http://127.0.0.1:{http}"
 
     def new_server() -> TritonServer:
@@ -329,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
             break
         fault = rng.choice(faults)
         current = Round(number, fault)
+        conversations = conversations_of(number)
+        for key in [key for key in ledger if key not in conversations]:
+            delete(grpc_url, key)  # checked whole by the last round's check; acknowledged before the fault
+            deleted[key] = number
+            deleted_turns += len(ledger.pop(key).turns)
+        for key in conversations:
+            ledger.setdefault(key, Acknowledged())
         traffic = Traffic(grpc_url, http_url, conversations, ledger, rng, number, args.workers)
         traffic.start()
         time.sleep(rng.uniform(0.3, args.max_delay))
@@ -357,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                 os.kill(pid, signal.SIGKILL)
         current.acknowledged, current.client_errors = traffic.acknowledged, traffic.errors
         started = time.monotonic()
-        findings = check(grpc_url, ledger)
+        last = number == args.rounds or (args.minutes and time.monotonic() - started_all > args.minutes * 60)
+        findings = check(grpc_url, ledger, [key for key, when in deleted.items()
+                                            if last or when > number - args.lifetime])
         current.check_s = round(time.monotonic() - started, 1)
         if not current.killed:
             findings["nothing_killed"] = [f"{fault} found nothing to kill"]
@@ -380,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": len(rounds),
         "wall_s": round(time.monotonic() - started_all, 1),
         "acknowledged": sum(r.acknowledged for r in rounds),
-        "acknowledged_turns": sum(len(a.turns) for a in ledger.values()),
+        "acknowledged_turns": deleted_turns + sum(len(a.turns) for a in ledger.values()),
+        "deleted": len(deleted),
         **{kind: totals[kind] for kind in FINDINGS},
         "nothing_killed": totals["nothing_killed"],
         "restart_failures": sum(1 for r in rounds if r.restart_failed),
@@ -396,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['client_errors']} requests failed in flight (never acknowledged); {summary['wall_s']} s in all")
     name = "crash" if args.engine == "vllm" else f"crash-{args.engine}"
     common.write_results(name, {"machine": common.machine(), "seed": seed, "workers": args.workers,
-                                "conversations": len(conversations), "fault_kinds": {f: FAULTS[f] for f in faults},
+                                "conversations": len(slots), "lifetime": args.lifetime,
+                                "fault_kinds": {f: FAULTS[f] for f in faults},
                                 **summary, "rounds_detail": [r.__dict__ for r in rounds]}, args.json)
     clean = all(summary[k] == 0 for k in (*FINDINGS, "nothing_killed", "restart_failures", "orphans_left"))
     return 0 if clean else 1

@@ -34,7 +34,7 @@ MISTRAL_V02_CHAT_TEMPLATE = (
 def build(out: Path) -> Path:
     import mistral_common
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
@@ -52,6 +52,9 @@ def build(out: Path) -> Path:
     }, indent=2))
     (out / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    # The fast tokenizer beside it, as Mistral's own folder ships it: converted from SentencePiece once here
+    # rather than in every process at every start (imem/tokenizer.py).
+    AutoTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
 
     torch.manual_seed(0)
     # head_dim 64: vLLM's CPU attention rejects 16.
@@ -64,9 +67,13 @@ def build(out: Path) -> Path:
     return out
 
 
+def built(out: Path) -> bool:
+    return all((out / name).exists() for name in ("config.json", "tokenizer.model", "tokenizer.json"))
+
+
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else DEV_MODEL
-    if (out / "config.json").exists() and (out / "tokenizer.model").exists():
+    if built(out):
         print(f"dev model present at {out}")
         return
     print(f"built dev model at {build(out)}")

@@ -19,6 +19,7 @@ from typing import AsyncIterator
 
 from imem.config import EngineConfig
 from imem.engine import Delta
+from imem.tokenizer import load_tokenizer
 
 PASSAGE = (
     "Memory keeps a conversation going long after its first turns have left the window. Each message is "
@@ -78,9 +79,7 @@ class SyntheticEngine:
     errored = False  # no process that could die
 
     def __init__(self, config: EngineConfig):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)
+        self.tokenizer = load_tokenizer(config.tokenizer_path)
         self.bos_token = self.tokenizer.bos_token
         self.stream = TokenStream(self.tokenizer)
         self.tokens_per_s = config.synthetic_tokens_per_s

@@ -30,6 +30,7 @@ from imem.orphans import die_with_server
 from imem.recovery import VectorRecovery
 from imem.store import open_store
 from imem.tensors import bytes_tensor, int_tensor, optional_input, text
+from imem.tokenizer import load_tokenizer
 
 OPERATIONS = ("recall", "ingest", "export", "delete")
 
@@ -51,11 +52,9 @@ def recall_options(payload: str) -> dict:
 
 class TritonPythonModel:
     def initialize(self, args):
-        from transformers import AutoTokenizer
-
         die_with_server()  # a stub orphaned by a crash can hang in exit(): see imem/orphans.py
         config = load()
-        tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
+        tokenizer = load_tokenizer(config.engine.tokenizer_path)
         self.store = open_store(config.memory, dim=config.embedder.dim)
         # Messages, ingested history and direct recall queries are all embedded here: a chat message costs
         # one embedding and no Triton hop (the `embedder` model is for direct use).

@@ -141,6 +141,7 @@ class TritonServer:
             f"--http-address={self.host}",
             f"--grpc-address={self.host}",
             "--log-verbose=0",
+            "--disable-auto-complete-config",
             f"--exit-timeout-secs={self.exit_timeout}",
             f"--http-restricted-api={restricted}:imem-admin={admin}",
             f"--grpc-restricted-protocol={restricted}:imem-admin={admin}",

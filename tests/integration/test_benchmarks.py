@@ -89,15 +89,17 @@ def test_backpressure_on_the_synthetic_engine(tmp_path):
 
 
 @pytest.mark.parametrize("target, variables, keys", [
-    ("crash", ["ROUNDS=1"], ["rounds", "lost", "duplicates", "duplicate_numbers", "gaps", "leaks", "vectors",
-                             "nothing_killed", "restart_failures", "rounds_detail"]),
+    # Two rounds: the second deletes a conversation of the first (their lifetimes are staggered).
+    ("crash", ["ROUNDS=2"], ["rounds", "lost", "duplicates", "duplicate_numbers", "gaps", "leaks", "vectors",
+                             "resurrected", "nothing_killed", "restart_failures", "deleted", "rounds_detail"]),
     ("soak", ["MINUTES=1"], ["turns", "failures", "growth_mib_per_10k_turns", "anon", "file", "samples"]),
 ])
 def test_make_targets_on_the_synthetic_engine(target, variables, keys, tmp_path):
     result = make(target, *variables, out=tmp_path / f"{target}.json")
     has(result, *keys)
     if target == "crash":
-        assert result["rounds"] == 1 and result["rounds_detail"][0]["killed"]
-        assert all(result[kind] == 0 for kind in keys[1:9])
+        assert result["rounds"] == 2 and all(r["killed"] for r in result["rounds_detail"])
+        assert result["deleted"] >= 1
+        assert all(result[kind] == 0 for kind in keys[1:10])
     else:
         assert result["turns"] > 0 and result["failures"] == 0
