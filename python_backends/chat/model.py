@@ -15,8 +15,9 @@ steps after it, so every streamed chunk of every chat would pass through memory 
 memory's one thread); and an ensemble never tells a running step that its client cancelled. Here the
 chunks go straight out, and a cancelled stream is seen on this model's own request.
 
-One asyncio loop in a background thread runs every request; `execute` only hands requests to it. A dead
-engine (its process killed) fails the generations in flight and is started again.
+One asyncio loop in a background thread runs every admitted request; `execute` admits or refuses each
+request and hands the admitted ones to it. A dead engine (its process killed) fails the generations in
+flight and is started again.
 """
 
 import asyncio
@@ -66,6 +67,7 @@ class TritonPythonModel:
         # None while a dead engine is replaced (_restart_if_dead).
         self.engine: engines.Engine | None = engines.start(self.config)
         self.in_flight = 0
+        self.admission = threading.Lock()  # in_flight: counted up by execute, down by the loop
         self.metrics = Metrics(pb_utils, "chat", gauges=lambda: {"requests_running": self.in_flight},
                                interval=config.memory.metrics_interval_s)
         self.cancellation_checks = CancellationChecks()
@@ -76,19 +78,22 @@ class TritonPythonModel:
         self.thread.start()
 
     def execute(self, requests):
+        # Admission here, on the stub's thread: a refusal goes out at once instead of queueing on the loop
+        # behind the responses of every stream it is serving (under a flood, that queue is the whole wait).
         for request in requests:
-            asyncio.run_coroutine_threadsafe(self._serve(request), self.loop)
+            sender = request.get_response_sender()
+            try:
+                generation = GenerationRequest.from_triton(request, self.config.default_max_tokens)
+                with self.admission:
+                    self._admit()
+                    self.in_flight += 1
+            except ServiceError as error:
+                sender.send(pb_utils.InferenceResponse(error=triton_error(error)), flags=FINAL)
+                continue
+            asyncio.run_coroutine_threadsafe(self._serve(request, generation, sender), self.loop)
         return None
 
-    async def _serve(self, request):
-        sender = request.get_response_sender()
-        try:
-            generation = GenerationRequest.from_triton(request, self.config.default_max_tokens)
-            self._admit()
-        except ServiceError as error:
-            sender.send(pb_utils.InferenceResponse(error=triton_error(error)), flags=FINAL)
-            return
-        self.in_flight += 1
+    async def _serve(self, request, generation: GenerationRequest, sender):
         try:
             exchange = None
             if generation.chat:
@@ -105,7 +110,8 @@ class TritonPythonModel:
                         flags=FINAL)
             self._restart_if_dead()
         finally:
-            self.in_flight -= 1
+            with self.admission:
+                self.in_flight -= 1
 
     def _admit(self):
         if self.engine is None:

@@ -86,6 +86,9 @@ def test_backpressure_on_the_synthetic_engine(tmp_path):
     has(result, "phases", "flood_ttft_p50_vs_calm", "recovery_latency_ratio", "server_survived", "targets")
     flood = result["phases"][1]
     assert flood["refused"] > 0 and flood["refused_checked"] > 0 and flood["refused_stored"] == 0
+    # The probe beside Locust: its own refusals timed and looked up in memory, its served chats' first token.
+    assert flood["probe_refused"] > 0 and flood["probe_refused_stored"] == 0 and not flood["probe_other_errors"]
+    assert flood["probe_refusal_p99_ms"] is not None and all(r["probe_served"] > 0 for r in result["phases"])
 
 
 @pytest.mark.parametrize("target, variables, keys", [
