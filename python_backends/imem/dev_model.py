@@ -34,7 +34,7 @@ MISTRAL_V02_CHAT_TEMPLATE = (
 def build(out: Path) -> Path:
     import mistral_common
     import torch
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import LlamaTokenizer, MistralConfig, MistralForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
     vocab = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
@@ -53,8 +53,10 @@ def build(out: Path) -> Path:
     (out / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
     # The fast tokenizer beside it, as Mistral's own folder ships it: converted from SentencePiece once here
-    # rather than in every process at every start (imem/tokenizer.py).
-    AutoTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
+    # rather than in every process at every start (imem/tokenizer.py). By the class tokenizer_config.json
+    # names: AutoTokenizer would pick its converter by config.json's model type when that file is already
+    # there, and that one drops SentencePiece's leading "▁" ("hi" -> "hi", not "▁hi").
+    LlamaTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
 
     torch.manual_seed(0)
     # head_dim 64: vLLM's CPU attention rejects 16.
