@@ -4,8 +4,8 @@ crasher, qdrant/crasher).
 
 Each round:
   0. conversations that have lived `--lifetime` rounds are deleted (staggered: one or two a round) and
-     new ones take their place: a deletion is then crashed into like any write, and the store stays the
-     size of a few rounds, so a round costs the same at round 1,000 as at round 1;
+     new ones take their place: a deletion is then crashed into like any write, and a round's check reads
+     a few rounds of conversations, so it costs the same at round 1,000 as at round 1;
   1. traffic: worker threads chat in several conversations of several tenants, each request over one of
      gRPC streaming, gRPC with one response, HTTP generate_stream and HTTP generate; now and then one
      ingests a few history lines. Every message carries a unique tag naming its tenant and conversation.
@@ -267,6 +267,18 @@ def check(grpc_url: str, ledger: dict, deleted: list) -> dict:
     return findings
 
 
+def orphans_after_grace(group: int, killed_at: float) -> list[int]:
+    """Processes of a stopped server's group still alive once the orphan watcher (imem/orphans.py) has had
+    its time to see tritonserver gone and kill what did not exit: before that they may still be exiting."""
+    from imem.orphans import GRACE_S, POLL_S
+    from imem_serve.launcher import group_members
+
+    deadline = killed_at + POLL_S + GRACE_S + 1.0
+    while (leftover := group_members(group)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return leftover
+
+
 def delete(grpc_url: str, conversation: tuple[str, str]) -> None:
     from imem_client.client import Client
 
@@ -295,7 +307,7 @@ def chats_again(grpc_url: str, timeout: float = 300) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imem_serve.launcher import TritonServer, free_ports, group_members
+    from imem_serve.launcher import TritonServer, free_ports
 
     parser = argparse.ArgumentParser(prog="imem bench crash", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         traffic.start()
         time.sleep(rng.uniform(0.3, args.max_delay))
         old_group = server.started.pid
-        started = time.monotonic()
+        started = killed_at = time.monotonic()
         current.killed = inject(server, fault, rng, crash_point)
         current.fault_s = round(time.monotonic() - started, 1)
         started = time.monotonic()
@@ -396,15 +408,13 @@ def main(argv: list[str] | None = None) -> int:
         current.restart_s = round(time.monotonic() - started, 1)
         traffic.finish()
         if fault != "kill-engine":
-            leftover = group_members(old_group)
+            leftover = orphans_after_grace(old_group, killed_at)
             current.orphans_left = len(leftover)
             for pid in leftover:  # never expected; reported, then cleaned up so the next round starts clean
                 os.kill(pid, signal.SIGKILL)
         current.acknowledged, current.client_errors = traffic.acknowledged, traffic.errors
         started = time.monotonic()
-        last = number == args.rounds or (args.minutes and time.monotonic() - started_all > args.minutes * 60)
-        findings = check(grpc_url, ledger, [key for key, when in deleted.items()
-                                            if last or when > number - args.lifetime])
+        findings = check(grpc_url, ledger, [key for key, when in deleted.items() if when > number - args.lifetime])
         current.check_s = round(time.monotonic() - started, 1)
         if not current.killed:
             findings["nothing_killed"] = [f"{fault} found nothing to kill"]
@@ -419,6 +429,11 @@ def main(argv: list[str] | None = None) -> int:
               + (f" RESTART FAILED: {current.restart_failed[:200]}" if current.restart_failed else "")
               + (f" ORPHANS LEFT: {current.orphans_left}" if current.orphans_left else "")
               + "".join(f"\n    {f[:300]}" for f in current.findings[:10]), flush=True)
+    # After the last round, every conversation deleted in the run: none may be back.
+    resurrected = check(grpc_url, ledger, list(deleted))["resurrected"] if rounds else []
+    totals["resurrected"] = max(totals["resurrected"], len(resurrected))
+    for item in resurrected[:10]:
+        print(f"    resurrected: {item[:300]}", flush=True)
     server.stop()
 
     restart = [r.restart_s for r in rounds]

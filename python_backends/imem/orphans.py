@@ -75,7 +75,12 @@ for pid in left:  # and whatever ran under a stub that is gone is an orphan
 """
 
 
-def die_with_server(grace_seconds: float = 3.0) -> subprocess.Popen | None:
+# How long the watcher lets the processes of a dead tritonserver exit on their own before it kills them,
+# and how often it looks whether tritonserver is still there (the sleep in WATCHER).
+GRACE_S, POLL_S = 3.0, 0.5
+
+
+def die_with_server(grace_seconds: float = GRACE_S) -> subprocess.Popen | None:
     """Starts the watcher for this stub process (whose parent is tritonserver)."""
     # The environment's own interpreter (in a Triton stub, sys.executable is not a Python).
     python = next((p for p in (os.path.join(sys.prefix, "bin", "python3"), shutil.which("python3")) if p and
