@@ -77,6 +77,13 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else float("nan")
 
 
+def disk_mib(folder: Path) -> float:
+    """The disk a folder's files take (blocks in use: Qdrant preallocates its memory-mapped files sparse)."""
+    if not folder.exists():
+        return 0.0
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -90,6 +90,7 @@ class Round:
     check_s: float = 0.0
     restart_failed: str = ""
     orphans_left: int = 0
+    store_mib: float = 0.0  # the data folder on disk after the round
     findings: list = field(default_factory=list)
 
 
@@ -416,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         findings = check(grpc_url, ledger, [key for key, when in deleted.items() if when > number - args.lifetime])
         current.check_s = round(time.monotonic() - started, 1)
+        current.store_mib = round(common.disk_mib(data), 1)
         if not current.killed:
             findings["nothing_killed"] = [f"{fault} found nothing to kill"]
         current.findings = [f"{kind}: {item}" for kind, items in findings.items() for item in items]
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append(current)
         print(f"round {number:4d} {fault:16s} killed {len(current.killed)} acknowledged {traffic.acknowledged:3d} "
               f"(client errors {traffic.errors:3d}) fault {current.fault_s:4.1f} s, "
-              f"restart {current.restart_s:5.1f} s, check {current.check_s:4.1f} s"
+              f"restart {current.restart_s:5.1f} s, check {current.check_s:4.1f} s, store {current.store_mib:.0f} MiB"
               + (f" RESTART FAILED: {current.restart_failed[:200]}" if current.restart_failed else "")
               + (f" ORPHANS LEFT: {current.orphans_left}" if current.orphans_left else "")
               + "".join(f"\n    {f[:300]}" for f in current.findings[:10]), flush=True)
@@ -452,10 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         "client_errors": sum(r.client_errors for r in rounds),
         "restart_s_p50": round(common.percentile(restart, 50), 1) if restart else None,
         "restart_s_max": max(restart) if restart else None,
+        # restarts must not slow as the run (and the store's history) grows
+        "restart_s_p50_first_100": round(common.percentile(restart[:100], 50), 1) if restart else None,
+        "restart_s_p50_last_100": round(common.percentile(restart[-100:], 50), 1) if restart else None,
+        "store_mib_last": rounds[-1].store_mib if rounds else None,
     }
     columns = ("rounds", "acknowledged", "acknowledged_turns", *FINDINGS, "restart_failures")
     print("\n" + common.md_table(list(columns), [[summary[k] for k in columns]]))
-    print(f"faults: {summary['faults']}; restart p50 {summary['restart_s_p50']} s, max {summary['restart_s_max']} s; "
+    print(f"faults: {summary['faults']}; restart p50 {summary['restart_s_p50']} s (first 100 rounds "
+          f"{summary['restart_s_p50_first_100']}, last 100 {summary['restart_s_p50_last_100']}), max "
+          f"{summary['restart_s_max']} s; store {summary['store_mib_last']} MiB; "
           f"{summary['client_errors']} requests failed in flight (never acknowledged); {summary['wall_s']} s in all")
     name = "crash" if args.engine == "vllm" else f"crash-{args.engine}"
     common.write_results(name, {"machine": common.machine(), "seed": seed, "workers": args.workers,

@@ -67,8 +67,7 @@ def store_reading(metrics_port: int, data: Path) -> dict:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     turns = next((float(line.split()[-1]) for line in body.splitlines()
                   if line.startswith("imem_memory_turns_stored ")), None)
-    disk = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20 if data.exists() else 0.0
-    return {"turns_stored": turns, "store_disk_mib": round(disk, 1)}
+    return {"turns_stored": turns, "store_disk_mib": round(common.disk_mib(data), 1)}
 
 
 def slopes(samples: list[dict]) -> dict:

@@ -120,6 +120,7 @@ class Client:
                     self._client.async_stream_infer(wire.CHAT, wire.inputs(self._grpc, fields),
                                                     request_id=uuid.uuid4().hex, enable_empty_final_response=True)
                 except Exception as error:  # the stream has already failed: gRPC's reason went to the callback
+                    ended = True  # nothing in flight to cancel
                     with contextlib.suppress(queue.Empty):
                         error = responses.get(timeout=5)[1] or error
                     raise self._grpc_failure(error) from None
@@ -139,7 +140,13 @@ class Client:
                 # A request still running (the caller stopped reading) is cancelled; a finished one's stream
                 # is closed, not cancelled: Triton 2.51 can keep a stream cancelled just after its final
                 # response in flight for good, and its model then holds up a graceful stop.
+                stream = self._client._stream
                 self._client.stop_stream(cancel_requests=not ended)
+                if not ended:
+                    # tritonclient (2.73) ends a cancelled stream's request iterator never, so gRPC's thread
+                    # that reads it waits for good: one thread leaked per cancelled chat. Its end marker
+                    # lets that thread finish.
+                    stream._request_queue.put(None)
 
     def _grpc_failure(self, error: Exception) -> ServiceError:
         """The error as a ServiceError; UNAVAILABLE from a server that does not answer at all says so."""

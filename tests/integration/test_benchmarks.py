@@ -94,7 +94,8 @@ def test_backpressure_on_the_synthetic_engine(tmp_path):
 @pytest.mark.parametrize("target, variables, keys", [
     # Two rounds: the second deletes a conversation of the first (their lifetimes are staggered).
     ("crash", ["ROUNDS=2"], ["rounds", "lost", "duplicates", "duplicate_numbers", "gaps", "leaks", "vectors",
-                             "resurrected", "nothing_killed", "restart_failures", "deleted", "rounds_detail"]),
+                             "resurrected", "nothing_killed", "restart_failures", "deleted", "store_mib_last",
+                             "restart_s_p50_last_100", "rounds_detail"]),
     ("soak", ["MINUTES=1"], ["turns", "failures", "growth_mib_per_10k_turns", "anon", "file", "samples"]),
 ])
 def test_make_targets_on_the_synthetic_engine(target, variables, keys, tmp_path):
@@ -102,7 +103,7 @@ def test_make_targets_on_the_synthetic_engine(target, variables, keys, tmp_path)
     has(result, *keys)
     if target == "crash":
         assert result["rounds"] == 2 and all(r["killed"] for r in result["rounds_detail"])
-        assert result["deleted"] >= 1
+        assert result["deleted"] >= 1 and result["store_mib_last"] > 0
         assert all(result[kind] == 0 for kind in keys[1:10])
     else:
         assert result["turns"] > 0 and result["failures"] == 0

@@ -1,6 +1,8 @@
 """Streaming over gRPC and HTTP: several chunks for a long answer, and memory stores exactly the text the
 client received."""
 
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,3 +51,20 @@ def test_concurrent_streams_arrive_in_generation_order(service):
         assert chunks[-1].completion_tokens == 48 and not any(c.final for c in chunks[:-1])
         assert len(chunks) > 2  # the text streamed in several responses between the two that store
         assert client.export(conversation)["turns"][1]["text"] == "".join(c.text for c in chunks)
+
+
+def test_a_stream_the_caller_walks_away_from_leaves_no_thread_behind(service):
+    """A caller that stops reading mid-stream (the gateway when its HTTP client disconnects) cancels the
+    request; the stream's request thread must end with it, or a long-running gateway gathers one thread
+    per disconnect."""
+    client = service.client("grpc")
+    before = threading.active_count()
+    for take in range(3):
+        chunks = client.stream_chat("walked-away", f"Tell me a long story, take {take}.",
+                                    sampling={"max_tokens": 64})
+        next(chunks)
+        chunks.close()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]

@@ -2,6 +2,7 @@
 listens on the port)."""
 
 import socket
+import threading
 
 import pytest
 
@@ -25,3 +26,15 @@ def test_a_chat_to_a_server_that_is_not_there_says_it_is_unavailable(closed_port
 def test_a_memory_operation_to_a_server_that_is_not_there_says_it_is_unavailable(closed_port_url):
     with Client(closed_port_url, timeout=20) as client, pytest.raises(ServiceError, match="is unavailable"):
         client.export("c1")
+
+
+def test_failed_streams_leave_no_thread_behind(closed_port_url):
+    """Each gRPC stream has a thread that feeds its requests to gRPC; a stream that failed must end it, or a
+    client that retries through an outage (a load test, the crash bench) gathers threads until it cannot
+    start one."""
+    before = threading.active_count()
+    with Client(closed_port_url, timeout=20) as client:
+        for _ in range(8):
+            with pytest.raises(ServiceError):
+                client.chat("c1", "Hello?")
+    assert threading.active_count() == before, [t.name for t in threading.enumerate()]

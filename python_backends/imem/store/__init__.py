@@ -29,4 +29,5 @@ def open_store(config: MemoryConfig, dim: int = 384) -> TurnStore:
     # an existing data folder without its shard is an unmounted volume or a deleted store.
     create = config.create_store == "yes" or (config.create_store == "auto" and not data_dir.exists())
     return EdgeTurnStore(data_dir / "edge-shard", dim, create=create, lock_wait=config.store_lock_wait_s,
-                         flush_each_write=config.flush_each_write, min_free_bytes=config.min_free_disk_mb * 2**20)
+                         flush_each_write=config.flush_each_write, flush_interval_s=config.flush_interval_s,
+                         min_free_bytes=config.min_free_disk_mb * 2**20)

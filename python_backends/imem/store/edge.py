@@ -2,13 +2,16 @@
 
 One process owns the folder (its write-ahead log's file lock). An acknowledged write is in the WAL, a
 memory-mapped file, so it survives the process being killed; the WAL is synced to disk by flush() (and
-close()), so a power loss can still take the latest turns unless every write is flushed.
+close()), so a power loss can still take the latest turns unless every write is flushed. A flush also
+persists the segment, so that the next open replays only the WAL written since; the store flushes on a
+timer for that (see MemoryConfig.flush_interval_s).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import overload
@@ -60,10 +63,11 @@ def _filter(where: Where | None) -> edge.Filter | None:
 
 class EdgeTurnStore(TurnStore):
     def __init__(self, path: str | Path, dim: int = 384, create: bool = True, lock_wait: float = 0.0,
-                 flush_each_write: bool = False, min_free_bytes: int = 0):
+                 flush_each_write: bool = False, flush_interval_s: float = 0.0, min_free_bytes: int = 0):
         """`create`: make a new shard if `path` holds none (else that is an error). `lock_wait`: seconds to
         wait for another process to let go of the folder (a previous server still exiting) before giving
         up. `flush_each_write`: sync the WAL to disk before every write returns (survives power loss).
+        `flush_interval_s`: flush every so many seconds on a thread of its own (0: only on close).
         `min_free_bytes`: refuse writes (StoreUnavailable) when the disk has less room than this: Qdrant
         writes through memory-mapped files, and a write that finds the disk full kills the process (SIGBUS)
         instead of failing."""
@@ -107,6 +111,21 @@ class EdgeTurnStore(TurnStore):
         for name, schema in indexes.items():
             if name not in existing:
                 self.shard.update(edge.UpdateOperation.create_field_index(name, schema))
+        self._closing = threading.Event()
+        self._flusher = None
+        self.timed_flushes = 0
+        if flush_interval_s > 0:
+            self._flusher = threading.Thread(target=self._flush_every, args=(flush_interval_s,), name="store-flush",
+                                             daemon=True)
+            self._flusher.start()
+
+    def _flush_every(self, seconds: float) -> None:
+        while not self._closing.wait(seconds):
+            try:
+                self.shard.flush()
+                self.timed_flushes += 1
+            except Exception as error:  # a full or read-only disk: writes say so; the next flush tries again
+                print(f"flushing the memory store failed: {error!r}", flush=True)
 
     # ---- primitives ------------------------------------------------------------------------------------
     def _scroll(self, where, limit, *, order=None, offset=None, payload=True, vectors=False):
@@ -152,6 +171,9 @@ class EdgeTurnStore(TurnStore):
         return [[(h.payload, h.score) for h in hits] for hits in batch]
 
     def close(self):
+        self._closing.set()
+        if self._flusher is not None:
+            self._flusher.join()
         self.shard.flush()
         self.shard.close()
 
