@@ -165,9 +165,9 @@ def readable(history: list[dict], policy: str, settings: dict, count) -> list[di
 def token_counter(tokenizer_path: str):
     """A text's token count in the served model's tokenizer, or None where it cannot be loaded."""
     try:
-        from transformers import AutoTokenizer
+        from imem.tokenizer import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        tokenizer = load_tokenizer(tokenizer_path)
     except Exception:  # noqa: BLE001 - a remote server's model: fall back to counting turns
         return None
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])

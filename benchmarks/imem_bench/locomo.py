@@ -186,19 +186,18 @@ class InProcess:
     Recall timings come from Memory itself, as through the server."""
 
     def __init__(self, overrides: dict[str, str] | None = None):
-        from transformers import AutoTokenizer
-
         from imem.config import load
         from imem.embedding import model_process_embedder
         from imem.memory import Memory
         from imem.store import EdgeTurnStore
+        from imem.tokenizer import load_tokenizer
 
         config = load()
         self.config = dataclasses.replace(config.memory, **typed(config.memory, overrides or {}))
         self.folder = tempfile.mkdtemp(prefix="imem-locomo-")
         self.store = EdgeTurnStore(Path(self.folder) / "edge-shard", dim=config.embedder.dim)
         self.embedder = model_process_embedder(config.embedder)
-        tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
+        tokenizer = load_tokenizer(config.engine.tokenizer_path)
         self.memory = Memory(self.config, self.store, tokenizer, self.embedder.embed)
 
     def delete(self, conversation_id: str, tenant: str) -> dict:

@@ -56,11 +56,10 @@ class PromptMaker:
     """Prompts of an exact token count (as vLLM will count them), built with the model's chat template."""
 
     def __init__(self, seed: int = 0):
-        from transformers import AutoTokenizer
-
         from imem.config import load
+        from imem.tokenizer import load_tokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(load().engine.tokenizer_path)
+        self.tokenizer = load_tokenizer(load().engine.tokenizer_path)
         vocab = self.tokenizer.get_vocab()
         # Whole lowercase words that are one token each, so that a word more or less is a token more or less.
         self.words = sorted(w[1:] for w in vocab if w.startswith("\u2581") and w[1:].isalpha() and w[1:].islower()
@@ -69,8 +68,7 @@ class PromptMaker:
         self.overhead = self.count(self.render(""))
 
     def render(self, content: str) -> str:
-        # transformers types the result of every tokenize= alike; with tokenize=False it is the text.
-        return self.tokenizer.apply_chat_template(  # type: ignore[return-value]
+        return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
 
     def count(self, text: str) -> int:

@@ -37,15 +37,14 @@ def full_history_tokens(tokenizer, lines: list[dict], question: str) -> int:
 
 def measure(checkpoints: list[int], seed: int) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
     from imem.config import load
     from imem.embedding import Embedder
     from imem.memory import Memory
     from imem.store import EdgeTurnStore
+    from imem.tokenizer import load_tokenizer
 
     config = load()
-    tokenizer = AutoTokenizer.from_pretrained(config.engine.tokenizer_path)
+    tokenizer = load_tokenizer(config.engine.tokenizer_path)
     embedder = Embedder(config.embedder)
     folder = Path(tempfile.mkdtemp(prefix="imem-prompt-cost-"))
     store = EdgeTurnStore(folder / "edge-shard", config.embedder.dim)

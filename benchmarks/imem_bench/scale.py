@@ -230,11 +230,10 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.sizes, args.queries, args.stores = "1000,2000", 50, "edge"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
     from imem.config import load
+    from imem.tokenizer import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(load().engine.tokenizer_path)
+    tokenizer = load_tokenizer(load().engine.tokenizer_path)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if sizes[0] < args.probes * args.probe_turns:
         parser.error(f"the smallest size must hold the {args.probes} x {args.probe_turns} probe turns")
