@@ -143,9 +143,8 @@ class Client:
                 stream = self._client._stream
                 self._client.stop_stream(cancel_requests=not ended)
                 if not ended:
-                    # tritonclient (2.73) ends a cancelled stream's request iterator never, so gRPC's thread
-                    # that reads it waits for good: one thread leaked per cancelled chat. Its end marker
-                    # lets that thread finish.
+                    # tritonclient (2.73) never ends the request iterator of a cancelled stream, so gRPC's
+                    # thread that reads it would wait for good (a thread per cancelled chat): its end marker.
                     stream._request_queue.put(None)
 
     def _grpc_failure(self, error: Exception) -> ServiceError:
