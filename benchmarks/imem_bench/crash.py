@@ -374,69 +374,97 @@ def main(argv: list[str] | None = None) -> int:
     server.wait_ready(timeout=600)
     rounds: list[Round] = []
     totals: Counter = Counter()
-    for number in range(1, args.rounds + 1):
-        if args.minutes and time.monotonic() - started_all > args.minutes * 60:
-            print(f"stopping after {number - 1} rounds: --minutes {args.minutes} have passed", flush=True)
-            break
-        fault = rng.choice(faults)
-        current = Round(number, fault)
-        conversations = conversations_of(number)
-        for key in [key for key in ledger if key not in conversations]:
-            delete(grpc_url, key)  # checked whole by the last round's check; acknowledged before the fault
-            deleted[key] = number
-            deleted_turns += len(ledger.pop(key).turns)
-        for key in conversations:
-            ledger.setdefault(key, Acknowledged())
-        traffic = Traffic(grpc_url, http_url, conversations, ledger, rng, number, args.workers)
-        traffic.start()
-        time.sleep(rng.uniform(0.3, args.max_delay))
-        old_group = server.started.pid
-        started = killed_at = time.monotonic()
-        current.killed = inject(server, fault, rng, crash_point)
-        current.fault_s = round(time.monotonic() - started, 1)
-        started = time.monotonic()
+    server_failures: list[str] = []
+    number = 0
+
+    def replace_failed_server(reason: str) -> None:
+        """A server that failed on its own, not by a fault (Triton 2.51's Python backend can abort with a
+        boost lock_exception under BLS load, triton-inference-server/server#8882): recorded and replaced,
+        as `imem serve`'s supervisor would; what it had acknowledged is checked like everything else."""
+        nonlocal server
+        server_failures.append(f"round {number}: {reason[:300]}")
+        print(f"    the server failed on its own: {reason[:300]}; starting it again", flush=True)
+        server.kill()
+        server = new_server().start()
+        server.wait_ready(timeout=600)
+
+    def served(step, *args):
         try:
-            if fault == "kill-engine":
-                chats_again(grpc_url)
-            else:
-                server = new_server().start()  # at once, on the same data: orphans of a killed server may run
+            return step(*args)
+        except ServiceError as error:
+            replace_failed_server(str(error))
+            return step(*args)
+
+    try:
+        for number in range(1, args.rounds + 1):
+            if args.minutes and time.monotonic() - started_all > args.minutes * 60:
+                print(f"stopping after {number - 1} rounds: --minutes {args.minutes} have passed", flush=True)
+                break
+            if server.started.poll() is not None:
+                replace_failed_server(f"tritonserver exited with {server.started.returncode}")
+            fault = rng.choice(faults)
+            current = Round(number, fault)
+            conversations = conversations_of(number)
+            for key in [key for key in ledger if key not in conversations]:
+                # checked whole by the last round's check; acknowledged before the fault
+                served(delete, grpc_url, key)
+                deleted[key] = number
+                deleted_turns += len(ledger.pop(key).turns)
+            for key in conversations:
+                ledger.setdefault(key, Acknowledged())
+            traffic = Traffic(grpc_url, http_url, conversations, ledger, rng, number, args.workers)
+            traffic.start()
+            time.sleep(rng.uniform(0.3, args.max_delay))
+            old_group = server.started.pid
+            started = killed_at = time.monotonic()
+            current.killed = inject(server, fault, rng, crash_point)
+            current.fault_s = round(time.monotonic() - started, 1)
+            started = time.monotonic()
+            try:
+                if fault == "kill-engine":
+                    chats_again(grpc_url)
+                else:
+                    server = new_server().start()  # at once, on the same data: orphans of a killed server may run
+                    server.wait_ready(timeout=600)
+            except Exception as error:  # noqa: BLE001 - a restart failure is a finding; start clean for the next round
+                current.restart_failed = str(error)
+                server.kill()
+                server = new_server().start()
                 server.wait_ready(timeout=600)
-        except Exception as error:  # noqa: BLE001 - a restart failure is a finding; start clean for the next round
-            current.restart_failed = str(error)
-            server.kill()
-            server = new_server().start()
-            server.wait_ready(timeout=600)
-        current.restart_s = round(time.monotonic() - started, 1)
-        traffic.finish()
-        if fault != "kill-engine":
-            leftover = orphans_after_grace(old_group, killed_at)
-            current.orphans_left = len(leftover)
-            for pid in leftover:  # never expected; reported, then cleaned up so the next round starts clean
-                os.kill(pid, signal.SIGKILL)
-        current.acknowledged, current.client_errors = traffic.acknowledged, traffic.errors
-        started = time.monotonic()
-        findings = check(grpc_url, ledger, [key for key, when in deleted.items() if when > number - args.lifetime])
-        current.check_s = round(time.monotonic() - started, 1)
-        current.store_mib = round(common.disk_mib(data), 1)
-        if not current.killed:
-            findings["nothing_killed"] = [f"{fault} found nothing to kill"]
-        current.findings = [f"{kind}: {item}" for kind, items in findings.items() for item in items]
-        for kind, items in findings.items():
-            totals[kind] = max(totals[kind], len(items))  # findings are cumulative: the worst round counts
-        totals["nothing_killed"] += 0 if current.killed else 1
-        rounds.append(current)
-        print(f"round {number:4d} {fault:16s} killed {len(current.killed)} acknowledged {traffic.acknowledged:3d} "
-              f"(client errors {traffic.errors:3d}) fault {current.fault_s:4.1f} s, "
-              f"restart {current.restart_s:5.1f} s, check {current.check_s:4.1f} s, store {current.store_mib:.0f} MiB"
-              + (f" RESTART FAILED: {current.restart_failed[:200]}" if current.restart_failed else "")
-              + (f" ORPHANS LEFT: {current.orphans_left}" if current.orphans_left else "")
-              + "".join(f"\n    {f[:300]}" for f in current.findings[:10]), flush=True)
-    # After the last round, every conversation deleted in the run: none may be back.
-    resurrected = check(grpc_url, ledger, list(deleted))["resurrected"] if rounds else []
-    totals["resurrected"] = max(totals["resurrected"], len(resurrected))
-    for item in resurrected[:10]:
-        print(f"    resurrected: {item[:300]}", flush=True)
-    server.stop()
+            current.restart_s = round(time.monotonic() - started, 1)
+            traffic.finish()
+            if fault != "kill-engine":
+                leftover = orphans_after_grace(old_group, killed_at)
+                current.orphans_left = len(leftover)
+                for pid in leftover:  # never expected; reported, then cleaned up so the next round starts clean
+                    os.kill(pid, signal.SIGKILL)
+            current.acknowledged, current.client_errors = traffic.acknowledged, traffic.errors
+            started = time.monotonic()
+            recent = [key for key, when in deleted.items() if when > number - args.lifetime]
+            findings = served(check, grpc_url, ledger, recent)
+            current.check_s = round(time.monotonic() - started, 1)
+            current.store_mib = round(common.disk_mib(data), 1)
+            if not current.killed:
+                findings["nothing_killed"] = [f"{fault} found nothing to kill"]
+            current.findings = [f"{kind}: {item}" for kind, items in findings.items() for item in items]
+            for kind, items in findings.items():
+                totals[kind] = max(totals[kind], len(items))  # findings are cumulative: the worst round counts
+            totals["nothing_killed"] += 0 if current.killed else 1
+            rounds.append(current)
+            print(f"round {number:4d} {fault:16s} killed {len(current.killed)} acknowledged {traffic.acknowledged:3d} "
+                  f"(client errors {traffic.errors:3d}) fault {current.fault_s:4.1f} s, restart "
+                  f"{current.restart_s:5.1f} s, check {current.check_s:4.1f} s, store {current.store_mib:.0f} MiB"
+                  + (f" RESTART FAILED: {current.restart_failed[:200]}" if current.restart_failed else "")
+                  + (f" ORPHANS LEFT: {current.orphans_left}" if current.orphans_left else "")
+                  + "".join(f"\n    {f[:300]}" for f in current.findings[:10]), flush=True)
+        # After the last round, every conversation deleted in the run: none may be back.
+        resurrected = served(check, grpc_url, ledger, list(deleted))["resurrected"] if rounds else []
+        totals["resurrected"] = max(totals["resurrected"], len(resurrected))
+        for item in resurrected[:10]:
+            print(f"    resurrected: {item[:300]}", flush=True)
+        server.stop()
+    finally:  # the bench itself failed: leave no server behind
+        server.kill()
 
     restart = [r.restart_s for r in rounds]
     summary = {
@@ -449,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         **{kind: totals[kind] for kind in FINDINGS},
         "nothing_killed": totals["nothing_killed"],
         "restart_failures": sum(1 for r in rounds if r.restart_failed),
+        "server_failures": len(server_failures),  # failed on its own (not counted as a finding: see above)
+        "server_failure_detail": server_failures,
         "orphans_left": sum(r.orphans_left for r in rounds),
         "faults": dict(Counter(r.fault for r in rounds)),
         "client_errors": sum(r.client_errors for r in rounds),
@@ -464,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"faults: {summary['faults']}; restart p50 {summary['restart_s_p50']} s (first 100 rounds "
           f"{summary['restart_s_p50_first_100']}, last 100 {summary['restart_s_p50_last_100']}), max "
           f"{summary['restart_s_max']} s; store {summary['store_mib_last']} MiB; "
+          f"{summary['server_failures']} server failures on its own (restarted); "
           f"{summary['client_errors']} requests failed in flight (never acknowledged); {summary['wall_s']} s in all")
     name = "crash" if args.engine == "vllm" else f"crash-{args.engine}"
     common.write_results(name, {"machine": common.machine(), "seed": seed, "workers": args.workers,
