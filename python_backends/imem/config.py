@@ -42,9 +42,9 @@ class MemoryConfig:
     # 1: sync the write-ahead log to disk before a write is acknowledged, so that an acknowledged turn
     # survives power loss (not only a crash of the process). Costs a disk sync per write (README).
     flush_each_write: bool = field(default_factory=lambda: _env("IMEM_FLUSH_EACH_WRITE", "0") == "1")
-    # Seconds between flushes of the embedded store (Qdrant's server flushes every 5 s too). A restart after
-    # a kill replays the WAL written since the last flush, and the replay appends to the segment again:
-    # without flushes, restarts slow and the store grows with every crash. 0: only on a graceful stop.
+    # Seconds between flushes of the embedded store (Qdrant's server flushes every 5 s too): a restart after
+    # a kill replays, and appends to the store again, what was written since the last flush (store/edge.py).
+    # 0: only at start and on a graceful stop.
     flush_interval_s: float = field(default_factory=lambda: _float("IMEM_FLUSH_INTERVAL_S", 5))
     # Writes are refused below this much free disk under IMEM_DATA_DIR: Qdrant Edge writes through
     # memory-mapped files (its WAL segments are 32 MiB), and a write onto a full disk kills the process.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -305,40 +306,47 @@ def test_edge_keeps_every_acknowledged_turn_when_killed(tmp_path):
     store.close()
 
 
-def test_edge_killed_after_a_flush_replays_nothing_already_in_its_segment(tmp_path):
-    """Opening a shard replays the WAL written since its last flush and appends it to the segment again: a
-    store killed over and over without flushes grows (and its restarts slow) with every kill. With the
-    flush timer, reopening a store whose writes were flushed leaves its segment as it was."""
+def test_edge_killed_at_every_start_does_not_grow(tmp_path):
+    """Opening a shard replays the WAL written since its last flush and appends it to the segment again.
+    A process killed before any flush of its own (a crash loop) must not leave the same WAL to be replayed,
+    and appended, once more at every start: the store flushes as soon as it is open."""
     def segment_bytes():
         files = [Path(folder, name) for folder, _, names in os.walk(tmp_path / "edge-shard" / "segments")
                  for name in names]
         return sum(path.stat().st_blocks * 512 for path in files)
 
-    def run_and_kill(writes: int):
+    def start_and_kill(writes: int):
         child = textwrap.dedent(f"""
-            import os, time
+            import os
             import numpy as np
             from imem.store import EdgeTurnStore
             from imem.turn import Turn
-            store = EdgeTurnStore({str(tmp_path / 'edge-shard')!r}, {DIM}, flush_interval_s=0.05)
+            store = EdgeTurnStore({str(tmp_path / 'edge-shard')!r}, {DIM})
             for i in range({writes}):
                 store.add([Turn("t", "c", 0, "user", f"turn {{i}} " + "x" * 300)], np.ones((1, {DIM}), np.float32))
-            flushed = store.timed_flushes
-            while store.timed_flushes < flushed + 2:  # a flush begun after the last write has ended
-                time.sleep(0.05)
             os.kill(os.getpid(), 9)
         """)
         subprocess.run([sys.executable, "-c", child], env=CHILD_ENV, check=False)
 
-    run_and_kill(200)
-    run_and_kill(0)  # the first open after writes settles the segment's files
-    written = segment_bytes()
+    start_and_kill(200)  # killed before any flush but the one at its own start
+    start_and_kill(0)  # replays the 200 writes and flushes them
+    start_and_kill(0)  # the start after a replay trims the segment's files once
+    replayed = segment_bytes()
     for _ in range(3):
-        run_and_kill(0)
-        assert segment_bytes() == written
+        start_and_kill(0)
+        assert segment_bytes() == replayed
     store = EdgeTurnStore(tmp_path / "edge-shard", DIM)
     assert [t.turn for t in store.export("t", "c")] == list(range(1, 201))
     store.close()
+
+
+def test_edge_flushes_on_its_timer(tmp_path):
+    store = EdgeTurnStore(tmp_path / "edge-shard", DIM, flush_interval_s=0.05)
+    deadline = time.monotonic() + 30
+    while store.timed_flushes < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store.close()
+    assert store.timed_flushes >= 2
 
 
 def test_edge_folder_has_a_single_owner(tmp_path):

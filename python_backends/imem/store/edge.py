@@ -2,9 +2,13 @@
 
 One process owns the folder (its write-ahead log's file lock). An acknowledged write is in the WAL, a
 memory-mapped file, so it survives the process being killed; the WAL is synced to disk by flush() (and
-close()), so a power loss can still take the latest turns unless every write is flushed. A flush also
-persists the segment, so that the next open replays only the WAL written since; the store flushes on a
-timer for that (see MemoryConfig.flush_interval_s).
+close()), so a power loss can still take the latest turns unless every write is flushed.
+
+Opening a shard replays the WAL written since its last flush and appends what it replays to the segment
+again, whether or not it was there already. So the store flushes as soon as it is open (else a process
+killed before its first flush leaves the same WAL to be replayed, and appended, once more at every start:
+the store then grows with the square of the crashes) and every `flush_interval_s` (what a kill leaves to
+replay).
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class EdgeTurnStore(TurnStore):
         for name, schema in indexes.items():
             if name not in existing:
                 self.shard.update(edge.UpdateOperation.create_field_index(name, schema))
+        self.shard.flush()  # what the open replayed is in the segment now: never replayed again
         self._closing = threading.Event()
         self._flusher = None
         self.timed_flushes = 0
