@@ -1,5 +1,6 @@
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,19 @@ def tokenizer(dev_model_path):
     from imem.tokenizer import load_tokenizer
 
     return load_tokenizer(str(dev_model_path))
+
+
+@pytest.fixture
+def threads_still_running():
+    """`threads_still_running(threads)`: the names of those that have not ended within 10 s. A gRPC stream's
+    threads end a moment after it is closed (on a busy machine, often after the call that closed it has
+    returned), so a check for threads left behind waits for them."""
+    def still_running(threads: set[threading.Thread], within: float = 10) -> list[str]:
+        deadline = time.monotonic() + within
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [thread.name for thread in threads if thread.is_alive()]
+    return still_running
 
 
 @pytest.fixture(scope="session")
