@@ -38,4 +38,3 @@ def test_failed_streams_leave_no_thread_behind(closed_port_url, threads_still_ru
             with pytest.raises(ServiceError):
                 client.chat("c1", "Hello?")
     assert not threads_still_running(set(threading.enumerate()) - before)
-
